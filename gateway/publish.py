@@ -1,0 +1,124 @@
+"""Publishing raw records: success means the broker acknowledged (acks=all).
+
+The gateway must answer a provider before its deadline (10 s for payments),
+so every publish is bounded by the publish timeout; past it, or while Kafka is
+unreachable, :class:`Unavailable` becomes a 503 and the provider retries.
+A record that timed out may still be written later: that is a duplicate the
+workers' deduplication absorbs, never a loss.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from hookline.topics import TopicSpec, ensure_topics
+
+log = logging.getLogger(__name__)
+
+RECONNECT_DELAY_S = 1.0
+READY_CACHE_S = 1.0
+
+
+class Unavailable(Exception):
+    """Kafka did not acknowledge in time (answered 503 with Retry-After)."""
+
+
+class Publisher:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        timeout_s: float,
+        max_record_bytes: int,
+        topics: Iterable[TopicSpec] = (),
+        partitions: int = 1,
+        replication_factor: int = 1,
+    ) -> None:
+        self._bootstrap = bootstrap_servers
+        self.timeout_s = timeout_s
+        self._max_record_bytes = max_record_bytes
+        self._topics = list(topics)
+        self._partitions = partitions
+        self._replication_factor = replication_factor
+        self._producer: AIOKafkaProducer | None = None
+        self._connector: asyncio.Task[None] | None = None
+        self._ready_at = 0.0
+
+    async def start(self) -> None:
+        """Connect in the background: the gateway serves (503) while Kafka is away."""
+        self._connector = asyncio.create_task(self._connect(), name="kafka-connect")
+
+    async def _connect(self) -> None:
+        attempt = 0
+        while True:
+            attempt += 1
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                acks="all",
+                enable_idempotence=False,
+                linger_ms=0,
+                request_timeout_ms=int(max(self.timeout_s, 1.0) * 1000),
+                retry_backoff_ms=100,
+                max_request_size=self._max_record_bytes,
+                client_id="hookline-gateway",
+            )
+            try:
+                await ensure_topics(
+                    self._bootstrap,
+                    self._topics,
+                    self._partitions,
+                    self._replication_factor,
+                    timeout_s=10.0,
+                )
+                await producer.start()
+            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                if attempt == 1 or attempt % 30 == 0:
+                    log.warning("Kafka at %s not reachable yet (%s); retrying", self._bootstrap, exc)
+                await asyncio.sleep(RECONNECT_DELAY_S)
+                continue
+            self._producer = producer
+            log.info("connected to Kafka at %s", self._bootstrap)
+            return
+
+    async def stop(self) -> None:
+        if self._connector and not self._connector.done():
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            # Flushes what is in flight so an acknowledged 200 is never undone.
+            await producer.stop()
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        producer = self._producer
+        if producer is None:
+            raise Unavailable("not connected to Kafka")
+        try:
+            await asyncio.wait_for(producer.send_and_wait(topic, value, key=key), self.timeout_s)
+        except TimeoutError:
+            raise Unavailable(f"no acknowledgement within {self.timeout_s:g}s") from None
+        except KafkaError as exc:
+            raise Unavailable(type(exc).__name__) from None
+
+    async def ready(self) -> bool:
+        """Kafka answered a metadata request within the last second."""
+        producer = self._producer
+        if producer is None:
+            return False
+        if time.monotonic() - self._ready_at < READY_CACHE_S:
+            return True
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), min(self.timeout_s, 2.0))
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        self._ready_at = time.monotonic()
+        return True

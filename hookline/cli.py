@@ -1,0 +1,247 @@
+"""The ``hookline`` command: run, gateway, worker, broker.
+
+Every subcommand reads KAFKA_BOOTSTRAP_SERVERS and HOOKLINE_SOURCES (plus the
+HOOKLINE_* settings listed in the README) from the environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+
+from hookline.settings import Settings, SettingsError
+from hookline.sources import ENVIRONMENTS, SourcesError, load_sources
+
+log = logging.getLogger("hookline")
+
+ENV_HELP = """
+environment:
+  KAFKA_BOOTSTRAP_SERVERS  host:port[,host:port...] of the Kafka cluster
+                           (unset: `run` starts an embedded broker)
+  HOOKLINE_SOURCES         sources file (default: infra/sources.dev.toml)
+  HOOKLINE_*               further settings, see the README's settings table
+"""
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # aiokafka logs every reconnect attempt at ERROR while Kafka is away.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL if not verbose else logging.INFO)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except SettingsError as exc:
+        raise SystemExit(f"hookline: {exc}") from None
+
+
+def _check_sources(settings: Settings, with_secrets: bool) -> None:
+    try:
+        load_sources(settings.sources_path, with_secrets=with_secrets)
+    except SourcesError as exc:
+        raise SystemExit(f"hookline: {exc}") from None
+
+
+def cmd_broker(args: argparse.Namespace) -> int:
+    from infra.broker import EmbeddedBroker
+
+    broker = EmbeddedBroker(port=args.port, host=args.host, log_path=args.log_file)
+    broker.start()
+    print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
+    print(f"embedded broker (Tansu, in memory) ready; log: {broker.log_path}; Ctrl-C stops it",
+          file=sys.stderr, flush=True)
+    stop = {"signal": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["signal"] = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        while not stop["signal"]:
+            if broker._process is not None and broker._process.poll() is not None:
+                print("hookline: broker exited unexpectedly", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+    finally:
+        broker.stop()
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.app import create_app
+
+    settings = _settings()
+    settings.require_bootstrap() if settings.bootstrap_servers else _missing_bootstrap()
+    _check_sources(settings, with_secrets=True)
+    app = create_app(settings)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_config=None,  # keep our logging setup
+        access_log=False,  # access logs would print query strings, i.e. tokens
+        proxy_headers=bool(args.forwarded_allow_ips),
+        forwarded_allow_ips=args.forwarded_allow_ips or None,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def _missing_bootstrap() -> None:
+    raise SystemExit(
+        "hookline: KAFKA_BOOTSTRAP_SERVERS is not set. Start a broker with "
+        "`hookline broker`, or use `hookline run`, which starts one for you."
+    )
+
+
+async def _ensure_worker_topics(settings: Settings) -> None:
+    from aiokafka.errors import KafkaError
+
+    from hookline import topics
+
+    specs = [s for env in ENVIRONMENTS for s in topics.worker_topics(env, settings.raw_retention_days)]
+    specs += [
+        s
+        for env in ENVIRONMENTS
+        for s in topics.gateway_topics(env, settings.raw_retention_days, settings.max_body_bytes + 65536)
+    ]
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            await topics.ensure_topics(
+                settings.require_bootstrap(), specs, settings.partitions, settings.replication_factor
+            )
+            return
+        except (KafkaError, OSError, TimeoutError) as exc:
+            if attempt == 1 or attempt % 10 == 0:
+                log.warning("waiting for Kafka at %s (%s)", settings.bootstrap_servers, exc)
+            await asyncio.sleep(1.0)
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    import faust
+
+    from streams.app import create_app
+
+    settings = _settings()
+    if not settings.bootstrap_servers:
+        _missing_bootstrap()
+    _check_sources(settings, with_secrets=False)
+    asyncio.run(_ensure_worker_topics(settings))
+    app = create_app(settings, web_port=args.web_port, web_host=args.web_host)
+    worker = faust.Worker(app, loglevel="DEBUG" if args.verbose else "INFO", quiet=True)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from hookline.supervisor import run_all
+
+    return run_all(
+        gateway_port=args.port,
+        worker_web_port=args.worker_web_port,
+        broker_port=args.broker_port,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hookline",
+        description="Provider webhooks in, trustworthy Kafka streams of order state out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENV_HELP,
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run",
+        help="everything on one machine: broker (if needed), gateway and a worker",
+        description=(
+            "Start an embedded Kafka-protocol broker when KAFKA_BOOTSTRAP_SERVERS is unset, "
+            "then the gateway and one worker, with the dev sources file unless HOOKLINE_SOURCES "
+            "is set. Ctrl-C stops everything: gateway first, then the worker (which commits), "
+            "then the broker."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENV_HELP,
+    )
+    run.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
+    run.add_argument("--worker-web-port", type=int, default=6066,
+                     help="worker /metrics port (default 6066)")
+    run.add_argument("--broker-port", type=int, default=None,
+                     help="embedded broker port (default: a free port)")
+    run.set_defaults(func=cmd_run)
+
+    gw = sub.add_parser(
+        "gateway",
+        help="the HTTP gateway: verify webhooks and publish them to Kafka",
+        description=(
+            "Serve POST /webhooks/{source}, /healthz, /readyz and /metrics. "
+            "Needs KAFKA_BOOTSTRAP_SERVERS and the secrets named in the sources file."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENV_HELP,
+    )
+    gw.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    gw.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    gw.add_argument(
+        "--forwarded-allow-ips",
+        default=None,
+        help="trust X-Forwarded-For from these proxy addresses (for allow_ips behind a proxy)",
+    )
+    gw.set_defaults(func=cmd_gateway)
+
+    wk = sub.add_parser(
+        "worker",
+        help="a stream worker: normalize, deduplicate, join, emit order state",
+        description=(
+            "Run one Faust worker. Start as many as you like: they share partitions as the "
+            "consumer group 'hookline'. Serves /metrics and /healthz on --web-port."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ENV_HELP,
+    )
+    wk.add_argument("--web-port", type=int, default=6066, help="port for /metrics (default 6066)")
+    wk.add_argument("--web-host", default="127.0.0.1", help="bind address for /metrics")
+    wk.set_defaults(func=cmd_worker)
+
+    br = sub.add_parser(
+        "broker",
+        help="the embedded Kafka-protocol broker (Tansu, in memory) in the foreground",
+        description=(
+            "Start Tansu on loopback and print KAFKA_BOOTSTRAP_SERVERS=host:port. "
+            "Data lives in memory and is gone when it stops. For development and tests only."
+        ),
+    )
+    br.add_argument("--port", type=int, default=None, help="port (default: a free port)")
+    br.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
+    br.add_argument("--log-file", default=None, help="broker log (default .hookline/broker-PORT.log)")
+    br.set_defaults(func=cmd_broker)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

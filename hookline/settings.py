@@ -1,0 +1,97 @@
+"""Process-wide settings, read once from the environment.
+
+Every command reads the same variables, so one table in the README documents
+them all. Values are validated here so a typo fails at start, not at the first
+webhook.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+DEV_SOURCES = Path(__file__).resolve().parent.parent / "infra" / "sources.dev.toml"
+
+
+class SettingsError(ValueError):
+    """A setting has a value hookline cannot use."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be > 0, got {value}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable through environment variables (see README)."""
+
+    bootstrap_servers: str | None = None
+    sources_path: Path = DEV_SOURCES
+    partitions: int = 8
+    replication_factor: int = 1
+    publish_timeout_s: float = 5.0
+    max_body_bytes: int = 1024 * 1024
+    max_json_depth: int = 32
+    store: str = "rocksdb"
+    data_dir: Path = Path(".hookline")
+    commit_interval_s: float = 1.0
+    session_timeout_s: float = 30.0
+    join_retention_days: float = 30.0
+    order_retention_days: float = 400.0
+    raw_retention_days: float = 30.0
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        store = env.get("HOOKLINE_STORE", "rocksdb")
+        if store not in ("rocksdb", "memory"):
+            raise SettingsError(f"HOOKLINE_STORE must be 'rocksdb' or 'memory', got {store!r}")
+        return cls(
+            bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            sources_path=Path(env.get("HOOKLINE_SOURCES") or DEV_SOURCES),
+            partitions=_int(env, "HOOKLINE_PARTITIONS", 8),
+            replication_factor=_int(env, "HOOKLINE_REPLICATION_FACTOR", 1),
+            publish_timeout_s=_float(env, "HOOKLINE_PUBLISH_TIMEOUT", 5.0),
+            max_body_bytes=_int(env, "HOOKLINE_MAX_BODY_BYTES", 1024 * 1024),
+            max_json_depth=_int(env, "HOOKLINE_MAX_JSON_DEPTH", 32),
+            store=store,
+            data_dir=Path(env.get("HOOKLINE_DATA_DIR") or ".hookline"),
+            commit_interval_s=_float(env, "HOOKLINE_COMMIT_INTERVAL", 1.0),
+            session_timeout_s=_float(env, "HOOKLINE_SESSION_TIMEOUT", 30.0),
+            join_retention_days=_float(env, "HOOKLINE_JOIN_RETENTION_DAYS", 30.0),
+            order_retention_days=_float(env, "HOOKLINE_ORDER_RETENTION_DAYS", 400.0),
+            raw_retention_days=_float(env, "HOOKLINE_RAW_RETENTION_DAYS", 30.0),
+        )
+
+    def require_bootstrap(self) -> str:
+        if not self.bootstrap_servers:
+            raise SettingsError(
+                "KAFKA_BOOTSTRAP_SERVERS is not set; start a broker with `hookline broker` "
+                "or use `hookline run`, which starts one for you"
+            )
+        return self.bootstrap_servers

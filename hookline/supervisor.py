@@ -1,0 +1,126 @@
+"""``hookline run``: the whole service on one machine, stopped cleanly by Ctrl-C.
+
+Children run in their own process groups so a terminal Ctrl-C reaches only
+this supervisor, which then stops them in dependency order: the gateway (no
+new webhooks), the worker (commits what it processed), the broker last.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from hookline.settings import DEV_SOURCES
+
+DEV_ENV = DEV_SOURCES.parent / "dev.env"
+
+
+def dev_secrets(path: Path = DEV_ENV) -> dict[str, str]:
+    """The development-only secrets for the dev sources file (KEY=VALUE lines)."""
+    values = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def _pump(name: str, stream: object) -> None:
+    for line in iter(stream.readline, b""):  # type: ignore[attr-defined]
+        sys.stderr.write(f"[{name}] {line.decode(errors='replace')}")
+        sys.stderr.flush()
+
+
+def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hookline", *args],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    threading.Thread(target=_pump, args=(name, process.stdout), daemon=True).start()
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) -> int:
+    from infra.broker import EmbeddedBroker
+
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if not env.get("HOOKLINE_SOURCES"):
+        env["HOOKLINE_SOURCES"] = str(DEV_SOURCES)
+        for key, value in dev_secrets().items():
+            env.setdefault(key, value)
+    env.setdefault("HOOKLINE_STORE", "memory")  # the embedded broker forgets too
+
+    broker = None
+    if not env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        broker = EmbeddedBroker(port=broker_port).start()
+        env["KAFKA_BOOTSTRAP_SERVERS"] = broker.bootstrap_servers
+        env["HOOKLINE_PARTITIONS"] = env.get("HOOKLINE_PARTITIONS", "4")
+
+    stopping = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+
+    gateway = _spawn("gateway", ["gateway", "--port", str(gateway_port)], env)
+    worker = _spawn("worker", ["worker", "--web-port", str(worker_web_port)], env)
+    print(
+        "\nhookline is starting:\n"
+        f"  Kafka              {env['KAFKA_BOOTSTRAP_SERVERS']}"
+        f"{' (embedded, in memory)' if broker else ''}\n"
+        f"  gateway            http://127.0.0.1:{gateway_port}/webhooks/<source>  "
+        f"(/healthz /readyz /metrics)\n"
+        f"  worker metrics     http://127.0.0.1:{worker_web_port}/metrics\n"
+        f"  sources            {env['HOOKLINE_SOURCES']}\n"
+        "  try:  curl -s -X POST 'http://127.0.0.1:"
+        f"{gateway_port}/webhooks/partner?token=dev-partner-token' "
+        "-H 'content-type: application/json' --data @../shared/spec/payloads/partner-order-status.json\n"
+        "  Ctrl-C stops everything.\n",
+        file=sys.stderr,
+        flush=True,
+    )
+    code = 0
+    try:
+        while not stopping.is_set():
+            for name, process in (("gateway", gateway), ("worker", worker)):
+                if process.poll() is not None:
+                    print(f"hookline: {name} exited with {process.returncode}", file=sys.stderr)
+                    code = process.returncode or 1
+                    stopping.set()
+            if broker is not None and broker._process is not None and broker._process.poll() is not None:
+                print("hookline: embedded broker exited", file=sys.stderr)
+                code = 1
+                stopping.set()
+            time.sleep(0.2)
+    finally:
+        print("hookline: stopping gateway, worker, broker...", file=sys.stderr, flush=True)
+        _stop(gateway, timeout=15)
+        _stop(worker, timeout=30)
+        if broker is not None:
+            broker.stop()
+        print("hookline: stopped", file=sys.stderr, flush=True)
+    return code

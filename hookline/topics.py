@@ -1,0 +1,144 @@
+"""Every Kafka topic hookline reads or writes: names, policies, creation.
+
+Names are the contract of PRODUCT.md section 3; each is prefixed by the
+environment so sandbox traffic can never share a topic with production.
+Internal topics (repartitioning and table changelogs) carry ``hookline`` in
+their name and are nobody else's business.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def raw(env: str) -> str:
+    return f"{env}.webhooks.raw"
+
+
+def events(env: str) -> str:
+    return f"{env}.webhooks.events"
+
+
+def deadletter(env: str) -> str:
+    return f"{env}.webhooks.deadletter"
+
+
+def orders_state(env: str) -> str:
+    return f"{env}.orders.state"
+
+
+def orders_changes(env: str) -> str:
+    return f"{env}.orders.changes"
+
+
+def deliveries(env: str) -> str:
+    """Raw deliveries re-keyed by their deduplication key."""
+    return f"{env}.hookline.deliveries"
+
+
+def transaction_facts(env: str) -> str:
+    """Transaction facts and order memberships, keyed by transaction id."""
+    return f"{env}.hookline.transaction-facts"
+
+
+def order_inputs(env: str) -> str:
+    """Order facts and transaction status updates, keyed by order id."""
+    return f"{env}.hookline.order-inputs"
+
+
+def changelog(env: str, table: str) -> str:
+    return f"{env}.hookline.{table}-changelog"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    compacted: bool = False
+    retention_ms: int | None = None
+    configs: dict[str, str] = field(default_factory=dict)
+
+    def topic_configs(self) -> dict[str, str]:
+        configs = {"cleanup.policy": "compact" if self.compacted else "delete"}
+        if self.retention_ms is not None and not self.compacted:
+            configs["retention.ms"] = str(self.retention_ms)
+        configs.update(self.configs)
+        return configs
+
+
+TABLES = ("dedup", "transactions", "orders")
+
+
+def gateway_topics(env: str, raw_retention_days: float, max_record_bytes: int) -> list[TopicSpec]:
+    return [
+        TopicSpec(
+            raw(env),
+            retention_ms=int(raw_retention_days * DAY_MS),
+            # A body at the gateway's limit must fit (Kafka's default is ~1 MB).
+            configs={"max.message.bytes": str(max_record_bytes)},
+        )
+    ]
+
+
+def worker_topics(env: str, retention_days: float) -> list[TopicSpec]:
+    retention = int(retention_days * DAY_MS)
+    return [
+        TopicSpec(events(env), retention_ms=retention),
+        TopicSpec(deadletter(env), retention_ms=retention),
+        TopicSpec(orders_state(env), compacted=True),
+        TopicSpec(orders_changes(env), retention_ms=retention),
+        TopicSpec(deliveries(env), retention_ms=retention),
+        TopicSpec(transaction_facts(env), retention_ms=retention),
+        TopicSpec(order_inputs(env), retention_ms=retention),
+        *(TopicSpec(changelog(env, t), compacted=True) for t in TABLES),
+    ]
+
+
+async def ensure_topics(
+    bootstrap: str,
+    specs: Iterable[TopicSpec],
+    partitions: int,
+    replication_factor: int,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Create the missing topics; return the names created.
+
+    Existing topics are left alone (hookline never alters a topic it did not
+    just create), so a cluster operator's changes survive restarts.
+    """
+    specs = list(specs)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        existing = set(await admin.list_topics())
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        response = await admin.create_topics(
+            [
+                NewTopic(s.name, partitions, replication_factor, topic_configs=s.topic_configs())
+                for s in missing
+            ],
+            timeout_ms=int(timeout_s * 1000),
+        )
+        created = []
+        for name, code, message in response.topic_errors:
+            if code == 0:
+                created.append(name)
+            elif code != _TOPIC_ALREADY_EXISTS:  # another replica won the race
+                raise KafkaError(f"creating topic {name} failed: error {code} {message}")
+        if created:
+            log.info("created topics %s (%d partitions)", ", ".join(sorted(created)), partitions)
+        return created
+    finally:
+        await admin.close()

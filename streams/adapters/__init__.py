@@ -1,0 +1,33 @@
+"""One adapter per provider kind: provider JSON in, canonical events out.
+
+An adapter module exposes ``KIND``, ``envelope_problem`` (the gateway's 400
+check), ``dedup_key`` (what makes two deliveries the same) and ``to_events``.
+Adapters are pure functions with no Kafka or Faust import, so the gateway can
+use ``envelope_problem`` and unit tests need no broker.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+from streams.adapters import envelope, partner, payments, vignette_sales
+from streams.adapters.fields import Unmappable
+
+ADAPTERS: dict[str, ModuleType] = {
+    module.KIND: module for module in (partner, vignette_sales, payments, envelope)
+}
+
+__all__ = ["ADAPTERS", "Unmappable", "adapter_for", "envelope_problem"]
+
+
+def adapter_for(kind: str) -> ModuleType:
+    try:
+        return ADAPTERS[kind]
+    except KeyError:
+        raise Unmappable(f"no adapter for kind {kind!r}") from None
+
+
+def envelope_problem(kind: str, document: dict[str, Any]) -> str | None:
+    """Why the body lacks its kind's envelope (e.g. no 'token'), or None when it has it."""
+    return adapter_for(kind).envelope_problem(document)

@@ -1,0 +1,98 @@
+"""Partner panel webhooks (order and checkout status, PDF confirmations).
+
+Seed: ../shared/seeds/000_d463298df1c27cb1.txt (the document shows "Code" where
+its example payloads were). Assumed shapes: ../shared/spec/payloads/partner-*.json.
+Every assumption about this provider's payload lives in this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from streams.adapters.fields import (
+    MAX_URL,
+    Unmappable,
+    choice,
+    items,
+    required_text,
+    text,
+    timestamp_ms,
+)
+from streams.events import (
+    ORDER_CONFIRMATION_RECEIVED,
+    ORDER_STATUS_CHANGED,
+    ORDER_STATUSES,
+    TRANSACTION_STATUS_CHANGED,
+    CanonicalEvent,
+    DeliveryContext,
+    new_event,
+)
+
+KIND = "partner"
+
+ORDER_STATUS = {status: status for status in ORDER_STATUSES}
+# Seed 000, "Transactions": CREATED (payment URL made), SUCCESS, FAILED.
+CHECKOUT_STATUS = {"CREATED": "PENDING", "SUCCESS": "SUCCEEDED", "FAILED": "FAILED"}
+
+
+def envelope_problem(document: dict[str, Any]) -> str | None:
+    if not isinstance(document.get("event_type"), str):
+        return "partner webhooks carry a string 'event_type'"
+    return None
+
+
+def dedup_key(document: dict[str, Any], body: bytes) -> str:
+    # The partner retries the same webhook (1, 5, 15 min): an identical body.
+    return "body:" + hashlib.sha256(body).hexdigest()
+
+
+def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalEvent]:
+    event_type = document.get("event_type")
+    occurred_at = timestamp_ms(document.get("created_at"))
+    common = {"provider_event_type": event_type, "occurred_at": occurred_at}
+
+    if event_type == "ORDER_STATUS_CHANGED":
+        order_id = required_text(document, "order_id")
+        status = choice(document.get("status"), ORDER_STATUS, "order status")
+        return [
+            new_event(
+                ctx, 0, ORDER_STATUS_CHANGED, "order", order_id,
+                order_id=order_id,
+                transaction_id=text(document, "transaction_id", required=False),
+                order_status=status,
+                **common,
+            )
+        ]
+
+    if event_type == "ORDER_CONFIRMATION_RECEIVED":
+        order_id = required_text(document, "order_id")
+        return [
+            new_event(
+                ctx, 0, ORDER_CONFIRMATION_RECEIVED, "order", order_id,
+                order_id=order_id,
+                transaction_id=text(document, "transaction_id", required=False),
+                confirmation_pdf_url=required_text(document, "pdf_url", limit=MAX_URL),
+                **common,
+            )
+        ]
+
+    if event_type == "CHECKOUT_STATUS_CHANGED":
+        transaction_id = required_text(document, "transaction_id")
+        status = choice(document.get("status"), CHECKOUT_STATUS, "checkout status")
+        order_ids = []
+        for entry in items(document, "orders") if "orders" in document else []:
+            if not isinstance(entry, dict):
+                raise Unmappable("'orders' entries must be objects")
+            order_ids.append(required_text(entry, "order_id"))
+        return [
+            new_event(
+                ctx, 0, TRANSACTION_STATUS_CHANGED, "transaction", transaction_id,
+                transaction_id=transaction_id,
+                order_ids=list(dict.fromkeys(order_ids)),
+                payment_status=status,
+                **common,
+            )
+        ]
+
+    raise Unmappable(f"unknown partner event_type {str(event_type)[:100]!r}")

@@ -1,0 +1,67 @@
+"""Payment-order notifications: a JWT whose claims carry the payment status.
+
+Seed: ../shared/seeds/002_f8f33cdad71d87ad.txt. Claims assumed:
+../shared/spec/payloads/payments-claims.json, body: payments-body.md.
+The gateway verified the JWT (HS256); here its claims are only read.
+Every assumption about this provider's payload lives in this file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import jwt
+
+from streams.adapters.fields import Unmappable, choice, required_text
+from streams.events import TRANSACTION_STATUS_CHANGED, CanonicalEvent, DeliveryContext, new_event
+
+KIND = "payments"
+
+PAYMENT_STATUS = {
+    "processing": "PENDING",
+    "completed": "SUCCEEDED",
+    "canceled": "CANCELED",
+    "expired": "EXPIRED",
+    "failed": "FAILED",
+}
+#: A retry is signed again: these claims may differ between two copies of one notification.
+SIGNING_CLAIMS = frozenset({"iat", "exp", "nbf", "jti"})
+
+
+def envelope_problem(document: dict[str, Any]) -> str | None:
+    if not isinstance(document.get("token"), str) or not document["token"]:
+        return "payments webhooks carry a JWT in 'token'"
+    return None
+
+
+def claims(document: dict[str, Any]) -> dict[str, Any]:
+    try:
+        decoded = jwt.decode(document["token"], options={"verify_signature": False})
+    except (jwt.PyJWTError, KeyError, TypeError) as exc:
+        raise Unmappable(f"unreadable JWT: {type(exc).__name__}") from None
+    if not isinstance(decoded, dict):
+        raise Unmappable("JWT claims are not an object")
+    return decoded
+
+
+def dedup_key(document: dict[str, Any], body: bytes) -> str:
+    meaningful = {k: v for k, v in claims(document).items() if k not in SIGNING_CLAIMS}
+    canonical = json.dumps(meaningful, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return "claims:" + hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalEvent]:
+    payload = claims(document)
+    transaction_id = required_text(payload, "orderReference")
+    status = choice(payload.get("paymentStatus"), PAYMENT_STATUS, "paymentStatus")
+    event = payload.get("event")
+    return [
+        new_event(
+            ctx, 0, TRANSACTION_STATUS_CHANGED, "transaction", transaction_id,
+            provider_event_type=event if isinstance(event, str) and len(event) <= 100 else None,
+            transaction_id=transaction_id,
+            payment_status=status,
+        )
+    ]

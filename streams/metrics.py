@@ -1,0 +1,100 @@
+"""The worker's Prometheus metrics (prefixed ``hookline_worker_``).
+
+Served at the worker's own ``/metrics`` (``hookline worker --web-port``).
+Consumer lag is read from Faust's monitor at scrape time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "hookline_worker_events",
+            "Canonical events emitted, by environment, source and canonical type.",
+            ["environment", "source", "type"],
+            registry=r,
+        )
+        self.duplicates = Counter(
+            "hookline_worker_duplicates_dropped",
+            "Deliveries dropped as a provider's retry of an earlier one.",
+            ["environment", "source"],
+            registry=r,
+        )
+        self.replays = Counter(
+            "hookline_worker_replayed_inputs",
+            "Inputs reprocessed after a restart whose effect was already stored.",
+            ["environment", "stage"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "hookline_worker_dead_letters",
+            "Deliveries sent to the dead-letter topic, by stage.",
+            ["environment", "stage"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            "hookline_worker_rejected_transitions",
+            "Transitions the state rules refused (late lower order status, PENDING after FAILED...).",
+            ["environment", "field", "from_status", "to_status"],
+            registry=r,
+        )
+        self.conflicts = Counter(
+            "hookline_worker_join_conflicts",
+            "Facts linking an order to a second, different transaction (not applied).",
+            ["environment"],
+            registry=r,
+        )
+        self.state_changes = Counter(
+            "hookline_worker_state_changes",
+            "Order state changes produced (one orders.changes record each).",
+            ["environment"],
+            registry=r,
+        )
+        self.end_to_end = Histogram(
+            "hookline_worker_end_to_end_seconds",
+            "Gateway received_at to order state produced.",
+            ["environment"],
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "hookline_worker_batch_size",
+            "Inputs per processed batch, by stage.",
+            ["stage"],
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+            registry=r,
+        )
+
+    def watch_lag(self, app: Any) -> None:
+        self.registry.register(_LagCollector(app))
+
+
+class _LagCollector(Collector):
+    """Consumer lag per partition: log end offset minus committed offset."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "hookline_worker_consumer_lag",
+            "Records not yet committed, per topic partition owned by this worker.",
+            labels=["topic", "partition"],
+        )
+        monitor = self.app.monitor
+        committed = monitor.tp_committed_offsets or {}
+        for tp, end in sorted((monitor.tp_end_offsets or {}).items()):
+            done = committed.get(tp)
+            lag = end - done if done is not None else end
+            family.add_metric([tp.topic, str(tp.partition)], max(lag, 0))
+        yield family
