@@ -33,8 +33,6 @@ from streams.adapters import envelope_problem
 log = logging.getLogger("hookline.gateway")
 
 RETRY_AFTER_S = 5
-#: Headroom over the body limit for the envelope's other fields.
-ENVELOPE_OVERHEAD = 64 * 1024
 
 
 def _answer(status: int, detail: str, **headers: str) -> JSONResponse:
@@ -52,7 +50,7 @@ def create_app(
     verifiers: dict[str, Verifier] = {name: verifier_for(src) for name, src in sources.items()}
     metrics = metrics or GatewayMetrics()
     environments = sorted({s.environment for s in sources.values()})
-    max_record = settings.max_body_bytes + ENVELOPE_OVERHEAD
+    max_record = settings.max_record_bytes
     if publisher is None:
         publisher = Publisher(
             settings.require_bootstrap(),
@@ -123,8 +121,11 @@ def create_app(
             )
         except BodyTooLarge:
             return refuse(
-                source.name, 413, "too_large",
-                f"body larger than {settings.max_body_bytes} bytes", Connection="close",
+                source.name,
+                413,
+                "too_large",
+                f"body larger than {settings.max_body_bytes} bytes",
+                Connection="close",
             )
         except BadBody as exc:
             return refuse(source.name, 400, "bad_request", str(exc))
@@ -160,7 +161,10 @@ def create_app(
             await publisher.publish(topics.raw(source.environment), delivery_id.encode(), record)
         except Unavailable as exc:
             return refuse(
-                source.name, 503, "unavailable", f"Kafka unavailable: {exc}",
+                source.name,
+                503,
+                "unavailable",
+                f"Kafka unavailable: {exc}",
                 **{"Retry-After": str(RETRY_AFTER_S)},
             )
         metrics.publish_seconds.labels(source.environment).observe(time.perf_counter() - started)

@@ -77,11 +77,13 @@ class Publisher:
                     timeout_s=10.0,
                 )
                 await producer.start()
-            except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, KafkaError, OSError) as exc:
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 if attempt == 1 or attempt % 30 == 0:
-                    log.warning("Kafka at %s not reachable yet (%s); retrying", self._bootstrap, exc)
+                    log.warning(
+                        "Kafka at %s not reachable yet (%s); retrying", self._bootstrap, exc
+                    )
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
             self._producer = producer

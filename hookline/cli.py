@@ -59,8 +59,11 @@ def cmd_broker(args: argparse.Namespace) -> int:
     broker = EmbeddedBroker(port=args.port, host=args.host, log_path=args.log_file)
     broker.start()
     print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
-    print(f"embedded broker (Tansu, in memory) ready; log: {broker.log_path}; Ctrl-C stops it",
-          file=sys.stderr, flush=True)
+    print(
+        f"embedded broker (Tansu, in memory) ready; log: {broker.log_path}; Ctrl-C stops it",
+        file=sys.stderr,
+        flush=True,
+    )
     stop = {"signal": False}
 
     def on_signal(signum: int, frame: object) -> None:
@@ -113,18 +116,23 @@ async def _ensure_worker_topics(settings: Settings) -> None:
 
     from hookline import topics
 
-    specs = [s for env in ENVIRONMENTS for s in topics.worker_topics(env, settings.raw_retention_days)]
+    specs = [
+        s for env in ENVIRONMENTS for s in topics.worker_topics(env, settings.raw_retention_days)
+    ]
     specs += [
         s
         for env in ENVIRONMENTS
-        for s in topics.gateway_topics(env, settings.raw_retention_days, settings.max_body_bytes + 65536)
+        for s in topics.gateway_topics(env, settings.raw_retention_days, settings.max_record_bytes)
     ]
     attempt = 0
     while True:
         attempt += 1
         try:
             await topics.ensure_topics(
-                settings.require_bootstrap(), specs, settings.partitions, settings.replication_factor
+                settings.require_bootstrap(),
+                specs,
+                settings.partitions,
+                settings.replication_factor,
             )
             return
         except (KafkaError, OSError, TimeoutError) as exc:
@@ -182,10 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=ENV_HELP,
     )
     run.add_argument("--port", type=int, default=8000, help="gateway port (default 8000)")
-    run.add_argument("--worker-web-port", type=int, default=6066,
-                     help="worker /metrics port (default 6066)")
-    run.add_argument("--broker-port", type=int, default=None,
-                     help="embedded broker port (default: a free port)")
+    run.add_argument(
+        "--worker-web-port", type=int, default=6066, help="worker /metrics port (default 6066)"
+    )
+    run.add_argument(
+        "--broker-port", type=int, default=None, help="embedded broker port (default: a free port)"
+    )
     run.set_defaults(func=cmd_run)
 
     gw = sub.add_parser(
@@ -231,7 +241,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     br.add_argument("--port", type=int, default=None, help="port (default: a free port)")
     br.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
-    br.add_argument("--log-file", default=None, help="broker log (default .hookline/broker-PORT.log)")
+    br.add_argument(
+        "--log-file", default=None, help="broker log (default .hookline/broker-PORT.log)"
+    )
     br.set_defaults(func=cmd_broker)
     return parser
 

@@ -88,6 +88,11 @@ class Settings:
             raw_retention_days=_float(env, "HOOKLINE_RAW_RETENTION_DAYS", 30.0),
         )
 
+    @property
+    def max_record_bytes(self) -> int:
+        """A raw record: the body at its limit plus the envelope's other fields."""
+        return self.max_body_bytes + 64 * 1024
+
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:
             raise SettingsError(

@@ -85,7 +85,9 @@ def _source(
         raise SourcesError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
     environment = table.get("environment")
     if environment not in ENVIRONMENTS:
-        raise SourcesError(f"{where}: environment must be one of {ENVIRONMENTS}, got {environment!r}")
+        raise SourcesError(
+            f"{where}: environment must be one of {ENVIRONMENTS}, got {environment!r}"
+        )
     if "verify" not in table:
         raise SourcesError(f"{where}: 'verify' is required (write verify = \"none\" to disable it)")
     method = table["verify"]

@@ -98,7 +98,8 @@ def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) ->
         f"  sources            {env['HOOKLINE_SOURCES']}\n"
         "  try:  curl -s -X POST 'http://127.0.0.1:"
         f"{gateway_port}/webhooks/partner?token=dev-partner-token' "
-        "-H 'content-type: application/json' --data @../shared/spec/payloads/partner-order-status.json\n"
+        "-H 'content-type: application/json' "
+        "--data @../shared/spec/payloads/partner-order-status.json\n"
         "  Ctrl-C stops everything.\n",
         file=sys.stderr,
         flush=True,
@@ -111,7 +112,11 @@ def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) ->
                     print(f"hookline: {name} exited with {process.returncode}", file=sys.stderr)
                     code = process.returncode or 1
                     stopping.set()
-            if broker is not None and broker._process is not None and broker._process.poll() is not None:
+            if (
+                broker is not None
+                and broker._process is not None
+                and broker._process.poll() is not None
+            ):
                 print("hookline: embedded broker exited", file=sys.stderr)
                 code = 1
                 stopping.set()

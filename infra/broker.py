@@ -61,7 +61,9 @@ class EmbeddedBroker:
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self.log_path = Path(log_path) if log_path else Path(".hookline") / f"broker-{self.port}.log"
+        self.log_path = (
+            Path(log_path) if log_path else Path(".hookline") / f"broker-{self.port}.log"
+        )
         self.ready_timeout = ready_timeout
         self._process: subprocess.Popen[bytes] | None = None
 

@@ -9,7 +9,7 @@ changelogs are compacted topics, ``acks=all``, offsets reset to *earliest*
 from __future__ import annotations
 
 import faust
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
 
 from hookline.settings import Settings
 from hookline.sources import ENVIRONMENTS, load_sources
@@ -17,6 +17,8 @@ from streams.metrics import WorkerMetrics
 from streams.pipeline import DAY_MS, EnvironmentPipeline, PipelineConfig
 
 APP_ID = "hookline"
+
+disable_created_metrics()  # *_created series only add noise to every scrape
 
 
 def create_app(
@@ -60,7 +62,9 @@ def create_app(
     metrics.watch_lag(app)
 
     @app.page("/metrics")
-    async def prometheus_metrics(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+    async def prometheus_metrics(
+        web: faust.web.Web, request: faust.web.Request
+    ) -> faust.web.Response:
         # aiohttp refuses a charset inside content_type=, so set the header itself.
         return web.bytes(
             generate_latest(metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
@@ -69,5 +73,16 @@ def create_app(
     @app.page("/healthz")
     async def healthz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
         return web.json({"status": "ok"})
+
+    @app.page("/readyz")
+    async def readyz(web: faust.web.Web, request: faust.web.Request) -> faust.web.Response:
+        """Ready: partitions assigned, tables recovered, not rebalancing."""
+        ready = (
+            not app.rebalancing
+            and not app.in_recovery
+            and app.tables.recovery.completed.is_set()
+            and bool(app.consumer.assignment())
+        )
+        return web.json({"ready": ready}, status=200 if ready else 503)
 
     return app

@@ -86,9 +86,7 @@ class Batch:
     async def flush(self) -> None:
         """Send every output, wait for all acknowledgements, then write the table."""
         if self._sends:
-            pending = [
-                await topic.send(key=key, value=value) for topic, key, value in self._sends
-            ]
+            pending = [await topic.send(key=key, value=value) for topic, key, value in self._sends]
             # Raises if any send failed: the batch is then not acknowledged,
             # the worker crashes and the inputs are processed again.
             await asyncio.gather(*pending)

@@ -44,7 +44,7 @@ class WorkerMetrics:
         )
         self.rejected = Counter(
             "hookline_worker_rejected_transitions",
-            "Transitions the state rules refused (late lower order status, PENDING after FAILED...).",
+            "Transitions the state rules refused (late lower order status, PENDING after FAILED).",
             ["environment", "field", "from_status", "to_status"],
             registry=r,
         )

@@ -31,9 +31,7 @@ class Normalized:
     detail: dict[str, Any]  # the record before encoding (for metrics and logs)
 
 
-def _dead_letter(
-    envelope: dict[str, Any], stage: str, reason: str, key: bytes
-) -> Normalized:
+def _dead_letter(envelope: dict[str, Any], stage: str, reason: str, key: bytes) -> Normalized:
     record = {
         "delivery_id": envelope["delivery_id"],
         "envelope": envelope,

@@ -135,7 +135,10 @@ class EnvironmentPipeline:
                 self.metrics.dead_letters.labels(self.env, detail["stage"]).inc()
                 log.warning(
                     "dead letter env=%s delivery_id=%s stage=%s reason=%s",
-                    self.env, detail["delivery_id"], detail["stage"], detail["reason"],
+                    self.env,
+                    detail["delivery_id"],
+                    detail["stage"],
+                    detail["reason"],
                 )
                 await self.deadletter.send(key=result.key, value=result.value)
             else:
@@ -145,7 +148,9 @@ class EnvironmentPipeline:
     async def dedup(self, stream: StreamT) -> None:
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("dedup").observe(len(events))
-            batch = Batch(self.dedup_table, _encoder(codec.DEDUP_ENTRY), _decoder(codec.DEDUP_ENTRY))
+            batch = Batch(
+                self.dedup_table, _encoder(codec.DEDUP_ENTRY), _decoder(codec.DEDUP_ENTRY)
+            )
             for event in events:
                 delivery = self._decode(event, codec.DELIVERY)
                 if delivery is None:
@@ -155,7 +160,9 @@ class EnvironmentPipeline:
                     self.metrics.duplicates.labels(self.env, delivery["source"]).inc()
                     log.info(
                         "duplicate dropped env=%s source=%s delivery_id=%s",
-                        self.env, delivery["source"], delivery["delivery_id"],
+                        self.env,
+                        delivery["source"],
+                        delivery["delivery_id"],
                     )
                     continue
                 if seen is Seen.REPLAY:
@@ -233,8 +240,14 @@ class EnvironmentPipeline:
                     log.warning("join conflict env=%s: %s", self.env, result.conflict)
                 if result.change is not None:
                     change = result.change
-                    batch.send(self.orders_changes, event.key, codec.encode(codec.ORDER_CHANGE, change))
-                    batch.send(self.orders_state, event.key, codec.encode(codec.ORDER_STATE, change["after"]))
+                    batch.send(
+                        self.orders_changes, event.key, codec.encode(codec.ORDER_CHANGE, change)
+                    )
+                    batch.send(
+                        self.orders_state,
+                        event.key,
+                        codec.encode(codec.ORDER_STATE, change["after"]),
+                    )
                     received.append(change["cause"]["received_at"])
                 if result.changed:
                     batch.put(event, event.key, result.record)
@@ -261,7 +274,10 @@ class EnvironmentPipeline:
         self.metrics.dead_letters.labels(self.env, "internal").inc()
         log.error(
             "undecodable record topic=%s partition=%s offset=%s: %s",
-            message.topic, message.partition, message.offset, exc,
+            message.topic,
+            message.partition,
+            message.offset,
+            exc,
         )
 
     def _rejected(self, field: str, before: str | None, after: str, subject: str) -> None:

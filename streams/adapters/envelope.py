@@ -46,11 +46,19 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
     if event_type in REFUNDING_TYPES and order_id:
         return [
             new_event(
-                ctx, 0, ORDER_REFUNDED, "order", order_id,
-                order_id=order_id, order_status="REFUNDED", **common,
+                ctx,
+                0,
+                ORDER_REFUNDED,
+                "order",
+                order_id,
+                order_id=order_id,
+                order_status="REFUNDED",
+                **common,
             )
         ]
     subscription_id = text(data, "subscription_id", required=False)
-    entity_type, entity_id = ("subscription", subscription_id) if subscription_id else ("other", envelope_id)
+    entity_type, entity_id = (
+        ("subscription", subscription_id) if subscription_id else ("other", envelope_id)
+    )
     # Every other type only informs: a canonical event, no state change.
     return [new_event(ctx, 0, f"envelope.{event_type}", entity_type, entity_id, **common)]

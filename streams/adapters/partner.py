@@ -57,7 +57,11 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
         status = choice(document.get("status"), ORDER_STATUS, "order status")
         return [
             new_event(
-                ctx, 0, ORDER_STATUS_CHANGED, "order", order_id,
+                ctx,
+                0,
+                ORDER_STATUS_CHANGED,
+                "order",
+                order_id,
                 order_id=order_id,
                 transaction_id=text(document, "transaction_id", required=False),
                 order_status=status,
@@ -69,7 +73,11 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
         order_id = required_text(document, "order_id")
         return [
             new_event(
-                ctx, 0, ORDER_CONFIRMATION_RECEIVED, "order", order_id,
+                ctx,
+                0,
+                ORDER_CONFIRMATION_RECEIVED,
+                "order",
+                order_id,
                 order_id=order_id,
                 transaction_id=text(document, "transaction_id", required=False),
                 confirmation_pdf_url=required_text(document, "pdf_url", limit=MAX_URL),
@@ -87,7 +95,11 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
             order_ids.append(required_text(entry, "order_id"))
         return [
             new_event(
-                ctx, 0, TRANSACTION_STATUS_CHANGED, "transaction", transaction_id,
+                ctx,
+                0,
+                TRANSACTION_STATUS_CHANGED,
+                "transaction",
+                transaction_id,
                 transaction_id=transaction_id,
                 order_ids=list(dict.fromkeys(order_ids)),
                 payment_status=status,

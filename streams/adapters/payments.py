@@ -59,7 +59,11 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
     event = payload.get("event")
     return [
         new_event(
-            ctx, 0, TRANSACTION_STATUS_CHANGED, "transaction", transaction_id,
+            ctx,
+            0,
+            TRANSACTION_STATUS_CHANGED,
+            "transaction",
+            transaction_id,
             provider_event_type=event if isinstance(event, str) and len(event) <= 100 else None,
             transaction_id=transaction_id,
             payment_status=status,

@@ -10,7 +10,15 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from streams.adapters.fields import MAX_TEXT, Unmappable, items, obj, required_text, text, timestamp_ms
+from streams.adapters.fields import (
+    MAX_TEXT,
+    Unmappable,
+    items,
+    obj,
+    required_text,
+    text,
+    timestamp_ms,
+)
 from streams.events import (
     ORDER_STATUS_CHANGED,
     TRANSACTION_STATUS_CHANGED,
@@ -42,7 +50,11 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
         error = sale.get("error") if isinstance(sale.get("error"), dict) else {}
         return [
             new_event(
-                ctx, 0, TRANSACTION_STATUS_CHANGED, "transaction", sale_id,
+                ctx,
+                0,
+                TRANSACTION_STATUS_CHANGED,
+                "transaction",
+                sale_id,
                 provider_event_type="sale.failed",
                 transaction_id=sale_id,
                 payment_status="FAILED",
@@ -74,7 +86,11 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
     order_ids = list(dict.fromkeys(order_id for order_id, _, _ in rows))
     events = [
         new_event(
-            ctx, 0, TRANSACTION_STATUS_CHANGED, "transaction", sale_id,
+            ctx,
+            0,
+            TRANSACTION_STATUS_CHANGED,
+            "transaction",
+            sale_id,
             provider_event_type="sale.succeeded",
             occurred_at=occurred_at,
             transaction_id=sale_id,
@@ -85,7 +101,11 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
     for index, (order_id, status, vignette_id) in enumerate(rows, start=1):
         events.append(
             new_event(
-                ctx, index, ORDER_STATUS_CHANGED, "order", order_id,
+                ctx,
+                index,
+                ORDER_STATUS_CHANGED,
+                "order",
+                order_id,
                 provider_event_type="sale.row",
                 occurred_at=occurred_at,
                 order_id=order_id,
