@@ -28,7 +28,7 @@ from hookline import topics
 from hookline.settings import Settings
 from hookline.sources import Source, load_sources
 from schemas import codec
-from streams.adapters import envelope_problem
+from streams.adapters import envelope_problem, ordering_key
 
 log = logging.getLogger("hookline.gateway")
 
@@ -158,7 +158,12 @@ def create_app(
         )
         started = time.perf_counter()
         try:
-            await publisher.publish(topics.raw(source.environment), delivery_id.encode(), record)
+            await publisher.publish(
+                topics.raw(source.environment),
+                delivery_id.encode(),
+                record,
+                ordering_key(source.kind, document).encode(),
+            )
         except Unavailable as exc:
             return refuse(
                 source.name,

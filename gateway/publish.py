@@ -17,6 +17,7 @@ from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+from aiokafka.partitioner import DefaultPartitioner
 
 from hookline.topics import TopicSpec, ensure_topics
 
@@ -24,6 +25,8 @@ log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_S = 1.0
 READY_CACHE_S = 1.0
+#: Kafka's default (murmur2) partitioning, applied to the ordering key.
+_PARTITIONER = DefaultPartitioner()
 
 
 class Unavailable(Exception):
@@ -100,12 +103,22 @@ class Publisher:
             # Flushes what is in flight so an acknowledged 200 is never undone.
             await producer.stop()
 
-    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+    async def publish(self, topic: str, key: bytes, value: bytes, ordering_key: bytes) -> None:
+        """Send and wait for the acknowledgement, within the publish timeout.
+
+        The partition comes from ``ordering_key`` (the order or transaction the
+        webhook is about), not from the record key (the delivery id): webhooks
+        about one entity then share a partition and keep their arrival order
+        through every worker stage.
+        """
         producer = self._producer
         if producer is None:
             raise Unavailable("not connected to Kafka")
         try:
-            await asyncio.wait_for(producer.send_and_wait(topic, value, key=key), self.timeout_s)
+            async with asyncio.timeout(self.timeout_s):
+                partitions = sorted(await producer.partitions_for(topic))
+                partition = _PARTITIONER(ordering_key, partitions, partitions)
+                await producer.send_and_wait(topic, value, key=key, partition=partition)
         except TimeoutError:
             raise Unavailable(f"no acknowledgement within {self.timeout_s:g}s") from None
         except KafkaError as exc:

@@ -13,10 +13,12 @@ Kafka acknowledged all of them, and only then writes the table. So:
 Faust commits offsets only after flushing the producer, so neither the
 outputs nor the state of a committed input can be lost.
 
-Faust writes a table's changelog to the partition of the *current event*.
-A batch spans several partitions, so each write is made in the context of an
-event from the key's own partition (the stages are co-partitioned: an input
-keyed ``k`` and the table key ``k`` share a partition).
+Faust stores a table key, and writes its changelog, in the partition of the
+*current event*. A batch spans several partitions, so each write is made in
+the context of the input event that caused it: every input touching a table
+key arrives on that key's partition (tables transactions and orders are keyed
+like their input topic; a dedup entry lives in the partition of its
+delivery's ordering key, which all retries of the delivery share).
 """
 
 from __future__ import annotations

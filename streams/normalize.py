@@ -1,8 +1,8 @@
 """Where a raw webhook becomes canonical events (stage 1, stateless).
 
 Input: one ``<env>.webhooks.raw`` record. Output: either a ``Delivery`` (the
-canonical events plus the deduplication key, re-keyed by that key so every
-copy of a delivery meets in one partition of the dedup stage) or a
+canonical events plus the deduplication key, re-keyed by the ordering key so
+every copy of a delivery meets in one partition of the dedup stage) or a
 ``DeadLetter`` saying at which stage and why it could not be mapped. Nothing
 is dropped silently.
 """
@@ -87,6 +87,7 @@ def normalize(
             received_at=envelope["received_at"],
         )
         dedup_key = f"{envelope['source']}|{adapter.dedup_key(document, envelope['body'])}"
+        order_key = adapter.ordering_key(document)[:256]
         events = adapter.to_events(document, ctx)
     except (Unmappable, RecursionError) as exc:
         return _dead_letter(envelope, "normalize", str(exc) or type(exc).__name__, key)
@@ -96,8 +97,12 @@ def normalize(
         "delivery_id": envelope["delivery_id"],
         "source": envelope["source"],
         "received_at": envelope["received_at"],
+        "ordering_key": order_key,
         "dedup_key": dedup_key,
         "dedup_window_ms": source.dedup_window_ms if source else DEFAULT_DEDUP_WINDOW_MS,
         "events": events,
     }
-    return Normalized(dedup_key.encode(), codec.encode(codec.DELIVERY, delivery), False, delivery)
+    # Keyed by the ordering key: a delivery's retries share it (same body,
+    # same claims, same id), so they meet in one partition of the dedup stage,
+    # and deliveries about one entity stay in arrival order.
+    return Normalized(order_key.encode(), codec.encode(codec.DELIVERY, delivery), False, delivery)

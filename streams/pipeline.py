@@ -2,7 +2,7 @@
 
     <env>.webhooks.raw            (key delivery id)
       -> normalize                 streams/normalize.py, streams/adapters/
-    <env>.hookline.deliveries     (key dedup key)          + <env>.webhooks.deadletter
+    <env>.hookline.deliveries     (key ordering key)       + <env>.webhooks.deadletter
       -> dedup   [table dedup]     streams/dedup.py
     <env>.hookline.transaction-facts (key transaction id)  + <env>.webhooks.events
       -> transactions [table transactions]   streams/join.py
@@ -155,7 +155,10 @@ class EnvironmentPipeline:
                 delivery = self._decode(event, codec.DELIVERY)
                 if delivery is None:
                     continue
-                seen = classify(batch.get(event, event.key), delivery)
+                # Kept in the partition of the ordering key, which every
+                # retry of this delivery shares.
+                dedup_key = delivery["dedup_key"].encode()
+                seen = classify(batch.get(event, dedup_key), delivery)
                 if seen is Seen.DUPLICATE:
                     self.metrics.duplicates.labels(self.env, delivery["source"]).inc()
                     log.info(
@@ -170,7 +173,7 @@ class EnvironmentPipeline:
                     continue
                 for canonical in delivery["events"]:
                     self._route(batch, canonical)
-                batch.put(event, event.key, new_entry(delivery))
+                batch.put(event, dedup_key, new_entry(delivery))
             await batch.flush()
 
     def _route(self, batch: Batch, event: dict[str, Any]) -> None:

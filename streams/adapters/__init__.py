@@ -1,7 +1,9 @@
 """One adapter per provider kind: provider JSON in, canonical events out.
 
 An adapter module exposes ``KIND``, ``envelope_problem`` (the gateway's 400
-check), ``dedup_key`` (what makes two deliveries the same) and ``to_events``.
+check), ``dedup_key`` (what makes two deliveries the same), ``ordering_key``
+(the order or transaction a delivery is about: deliveries with the same
+ordering key keep their arrival order through every stage) and ``to_events``.
 Adapters are pure functions with no Kafka or Faust import, so the gateway can
 use ``envelope_problem`` and unit tests need no broker.
 """
@@ -18,7 +20,7 @@ ADAPTERS: dict[str, ModuleType] = {
     module.KIND: module for module in (partner, vignette_sales, payments, envelope)
 }
 
-__all__ = ["ADAPTERS", "Unmappable", "adapter_for", "envelope_problem"]
+__all__ = ["ADAPTERS", "Unmappable", "adapter_for", "envelope_problem", "ordering_key"]
 
 
 def adapter_for(kind: str) -> ModuleType:
@@ -31,3 +33,8 @@ def adapter_for(kind: str) -> ModuleType:
 def envelope_problem(kind: str, document: dict[str, Any]) -> str | None:
     """Why the body lacks its kind's envelope (e.g. no 'token'), or None when it has it."""
     return adapter_for(kind).envelope_problem(document)
+
+
+def ordering_key(kind: str, document: dict[str, Any]) -> str:
+    """The entity id whose deliveries must keep their arrival order."""
+    return adapter_for(kind).ordering_key(document)[:256]

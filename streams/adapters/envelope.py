@@ -33,6 +33,13 @@ def dedup_key(document: dict[str, Any], body: bytes) -> str:
     return "id:" + str(document["id"])
 
 
+def ordering_key(document: dict[str, Any]) -> str:
+    """The refunded order when there is one (so it follows that order's other events)."""
+    data = document.get("data")
+    order_id = data.get("order_id") if isinstance(data, dict) else None
+    return order_id if isinstance(order_id, str) and order_id else str(document.get("id"))
+
+
 def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalEvent]:
     envelope_id = required_text(document, "id")
     event_type = required_text(document, "type", limit=100)

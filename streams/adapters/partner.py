@@ -47,6 +47,15 @@ def dedup_key(document: dict[str, Any], body: bytes) -> str:
     return "body:" + hashlib.sha256(body).hexdigest()
 
 
+def ordering_key(document: dict[str, Any]) -> str:
+    """The entity whose webhooks must stay in arrival order: the order, else the checkout."""
+    for key in ("order_id", "transaction_id"):
+        value = document.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return str(document.get("event_type"))
+
+
 def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalEvent]:
     event_type = document.get("event_type")
     occurred_at = timestamp_ms(document.get("created_at"))

@@ -52,6 +52,14 @@ def dedup_key(document: dict[str, Any], body: bytes) -> str:
     return "claims:" + hashlib.sha256(canonical.encode()).hexdigest()
 
 
+def ordering_key(document: dict[str, Any]) -> str:
+    try:
+        reference = claims(document).get("orderReference")
+    except Unmappable:
+        reference = None
+    return reference if isinstance(reference, str) and reference else document["token"][-32:]
+
+
 def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalEvent]:
     payload = claims(document)
     transaction_id = required_text(payload, "orderReference")

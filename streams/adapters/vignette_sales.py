@@ -42,6 +42,10 @@ def dedup_key(document: dict[str, Any], body: bytes) -> str:
     return "body:" + hashlib.sha256(body).hexdigest()
 
 
+def ordering_key(document: dict[str, Any]) -> str:
+    return str(document.get("saleId"))
+
+
 def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalEvent]:
     sale_id = required_text(document, "saleId")
     sale = obj(document, "vignetteSale")

@@ -14,6 +14,7 @@ from infra.broker import EmbeddedBroker
 
 @dataclass
 class TestBroker:
+    __test__ = False  # not a test class, despite the name
     bootstrap_servers: str
     kind: str  # "external" | "testcontainers" | "tansu"
     embedded: EmbeddedBroker | None = None

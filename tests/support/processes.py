@@ -36,6 +36,11 @@ class ServiceProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        return self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 60.0) -> ServiceProcess:
+        """Until the ready URL answers 200 (a worker: partitions assigned, tables recovered)."""
+        assert self.process is not None, "not started"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

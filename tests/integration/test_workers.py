@@ -1,0 +1,222 @@
+"""Workers under crashes and in pairs: state exact, versions 1..n, re-emits identical.
+
+Raw records are produced straight to ``production.webhooks.raw`` (partitioned
+by ordering key, as the gateway does) at a steady rate, so the worker is busy
+when it is killed. Each module gets its own embedded broker, so the killed
+member's session timeout does not slow other tests down; with an external
+cluster (KAFKA_BOOTSTRAP_SERVERS) that cluster is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import re
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from hookline.settings import DEV_SOURCES
+from hookline.sources import Source, load_sources
+from infra.broker import EmbeddedBroker
+from streams.adapters import ordering_key
+from tests.conftest import hookline_env
+from tests.support import processes, traffic
+from tests.support.kafka import Record, latest_by_key, read_topics
+from tests.support.signing import DEV, payments_body
+
+RATE_PER_S = 400
+PARTITIONER = DefaultPartitioner()
+
+
+@pytest.fixture
+def bootstrap(log_dir: Path) -> Iterator[str]:
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker(log_path=log_dir / "tansu-workers.log") as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture
+def env(bootstrap: str, tmp_path: Path) -> dict[str, str]:
+    return hookline_env(bootstrap, tmp_path, HOOKLINE_SOURCES=str(DEV_SOURCES))
+
+
+def scenario(orders: int) -> tuple[list[tuple[str, bytes]], dict[str, dict[str, Any]]]:
+    """Per order: checkout, PENDING, ACTIVE, a retry of ACTIVE, payment, confirmation.
+
+    Each order's deliveries stay in this order; orders interleave at random.
+    Returns ([(source, body)...], {order_id: expected final state}).
+    """
+    rng = random.Random(7)
+    sequences = []
+    expected = {}
+    for _ in range(orders):
+        order, tx = traffic.unique("ord"), traffic.unique("tr")
+        active = traffic.order_status(order, "ACTIVE", tx)
+        sequences.append(
+            [
+                ("partner", traffic.checkout(tx, [order], "CREATED")),
+                ("partner", traffic.order_status(order, "PENDING", tx)),
+                ("partner", active),
+                ("partner", active),  # the provider's retry
+                (
+                    "payments",
+                    payments_body(traffic.payment_claims(tx, "completed"), DEV["PAYMENTS_SECRET"]),
+                ),
+                ("partner", traffic.confirmation(order, tx)),
+            ]
+        )
+        expected[order] = {
+            "transaction_id": tx,
+            "order_status": "ACTIVE",
+            "payment_status": "SUCCEEDED",
+            "confirmation_pdf_url": traffic.pdf_url(order),
+            "vignette_id": None,
+        }
+    deliveries = []
+    while sequences:
+        sequence = rng.choice(sequences)
+        deliveries.append(sequence.pop(0))
+        if not sequence:
+            sequences.remove(sequence)
+    return deliveries, expected
+
+
+async def produce(
+    bootstrap: str, deliveries: list[tuple[str, bytes]], rate: float, on_progress: Any = None
+) -> None:
+    sources: dict[str, Source] = load_sources(DEV_SOURCES, DEV)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for("production.webhooks.raw"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        for index, (name, body) in enumerate(deliveries):
+            source = sources[name]
+            key, value = traffic.raw_record(source, body)
+            order_key = ordering_key(source.kind, json.loads(body)).encode()
+            partition = PARTITIONER(order_key, partitions, partitions)
+            await producer.send_and_wait(
+                "production.webhooks.raw", value, key=key, partition=partition
+            )
+            if on_progress is not None:
+                await on_progress(index + 1)
+            delay = started + (index + 1) / rate - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+    finally:
+        await producer.stop()
+
+
+async def final_records(bootstrap: str, expected: dict[str, dict[str, Any]]) -> list[Record]:
+    def done(records: list[Record]) -> bool:
+        latest = latest_by_key([r for r in records if r.topic == "production.orders.state"])
+        return all(
+            order in latest and {k: latest[order][k] for k in want} == want
+            for order, want in expected.items()
+        )
+
+    return await read_topics(
+        bootstrap,
+        "production.orders.state",
+        "production.orders.changes",
+        until=done,
+        timeout=150,
+        idle=3.0,
+    )
+
+
+def check_exact(records: list[Record], expected: dict[str, dict[str, Any]]) -> dict[str, int]:
+    """Final states exact; versions 1..n per order; every re-emit byte-identical."""
+    states = latest_by_key([r for r in records if r.topic == "production.orders.state"])
+    by_version: dict[tuple[str, int], set[bytes]] = defaultdict(set)
+    for record in records:
+        if record.topic == "production.orders.changes" and record.key in expected:
+            by_version[(record.key, record.value["version"])].add(record.raw)
+    stats = {"changes": 0, "orders": len(expected)}
+    for order, want in expected.items():
+        final = states[order]
+        assert {k: final[k] for k in want} == want, order
+        # checkout PENDING, order PENDING, ACTIVE, payment SUCCEEDED, confirmation
+        assert final["version"] == 5, (order, final)
+        versions = sorted(v for (o, v) in by_version if o == order)
+        assert versions == [1, 2, 3, 4, 5], (order, versions)
+        for version in versions:
+            copies = by_version[(order, version)]
+            assert len(copies) == 1, f"{order} v{version} re-emitted with different bytes"
+        stats["changes"] += len(versions)
+    stats["change_records"] = sum(
+        1 for r in records if r.topic == "production.orders.changes" and r.key in expected
+    )
+    return stats
+
+
+def metric(worker: processes.ServiceProcess, name: str) -> float:
+    text = httpx.get(f"{worker.url}/metrics", timeout=5).text  # type: ignore[attr-defined]
+    pattern = re.compile(rf"^{name}(\{{[^}}]*\}})? (\S+)$")
+    return sum(float(m.group(2)) for line in text.splitlines() if (m := pattern.match(line)))
+
+
+@pytest.mark.slow
+async def test_sigkill_mid_stream_loses_nothing_and_repeats_identically(
+    env: dict[str, str], bootstrap: str, log_dir: Path
+) -> None:
+    deliveries, expected = scenario(orders=300)  # 1,800 deliveries at 400/s
+    first = processes.worker(env, log_dir).start(timeout=90)
+    killed = asyncio.Event()
+    replacement: list[processes.ServiceProcess] = []
+
+    async def kill_midway(sent: int) -> None:
+        if sent == len(deliveries) // 2 and not killed.is_set():
+            first.kill()  # SIGKILL: no commit, no flush
+            killed.set()
+            replacement.append(processes.worker(env, log_dir))
+            # Start it without waiting: the producer keeps going meanwhile.
+            await asyncio.to_thread(replacement[0].start, 120)
+
+    try:
+        producing = asyncio.create_task(produce(bootstrap, deliveries, RATE_PER_S, kill_midway))
+        await producing
+        assert killed.is_set()
+        records = await final_records(bootstrap, expected)
+        stats = check_exact(records, expected)
+        replayed = metric(replacement[0], "hookline_worker_replayed_inputs_total")
+        print(f"crash test: {stats}, inputs found already applied after restart: {replayed:g}")
+    finally:
+        first.kill()
+        for worker in replacement:
+            worker.stop()
+
+
+@pytest.mark.slow
+async def test_two_workers_reach_the_same_state_as_one(
+    env: dict[str, str], bootstrap: str, log_dir: Path
+) -> None:
+    one = processes.worker(env, log_dir).start(timeout=90)
+    two = processes.worker(env, log_dir)
+    await asyncio.to_thread(two.start, 120)
+    try:
+        for worker in (one, two):  # both ready after the rebalance
+            await asyncio.to_thread(worker.wait_ready, 60)
+        deliveries, expected = scenario(orders=200)
+        await produce(bootstrap, deliveries, RATE_PER_S)
+        records = await final_records(bootstrap, expected)
+        check_exact(records, expected)
+        # Both took part: each processed some canonical events.
+        assert metric(one, "hookline_worker_events_total") > 0
+        assert metric(two, "hookline_worker_events_total") > 0
+    finally:
+        one.stop()
+        two.stop()
