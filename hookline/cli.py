@@ -151,6 +151,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         _missing_bootstrap()
     _check_sources(settings, with_secrets=False)
     asyncio.run(_ensure_worker_topics(settings))
+    (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, web_port=args.web_port, web_host=args.web_host)
     worker = faust.Worker(app, loglevel="DEBUG" if args.verbose else "INFO", quiet=True)
     worker.execute_from_commandline()

@@ -97,7 +97,10 @@ def _source(
         raise SourcesError(f"{where}: jwt-hs256 needs a body carrying a JWT (kind 'payments')")
 
     names = table.get("secret_env", ())
-    names = (names,) if isinstance(names, str) else tuple(names)
+    names = (names,) if isinstance(names, str) else names
+    if not _strings(names):
+        raise SourcesError(f"{where}: secret_env must be a variable name or a list of them")
+    names = tuple(names)
     if method == "none":
         if names:
             raise SourcesError(f"{where}: verify = 'none' takes no secret_env")
@@ -116,14 +119,23 @@ def _source(
             values.append(value.encode())
         secrets = tuple(values)
 
+    cidrs = table.get("allow_ips", ())
+    if not _strings(cidrs):
+        raise SourcesError(f"{where}: allow_ips must be a list of CIDR strings")
     try:
-        allow_ips = tuple(ipaddress.ip_network(c, strict=False) for c in table.get("allow_ips", ()))
+        allow_ips = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
     except ValueError as exc:
         raise SourcesError(f"{where}: allow_ips: {exc}") from None
-    try:
-        window = parse_duration_ms(table["dedup_window"]) if "dedup_window" in table else None
-    except ValueError as exc:
-        raise SourcesError(f"{where}: dedup_window: {exc}") from None
+    window = DEFAULT_DEDUP_WINDOW_MS
+    if "dedup_window" in table:
+        try:
+            if not isinstance(table["dedup_window"], str):
+                raise ValueError("must be a string such as '7d' or '72h'")
+            window = parse_duration_ms(table["dedup_window"])
+        except ValueError as exc:
+            raise SourcesError(f"{where}: dedup_window: {exc}") from None
+        if window <= 0:
+            raise SourcesError(f"{where}: dedup_window must be longer than zero")
 
     return Source(
         name=name,
@@ -133,8 +145,12 @@ def _source(
         secrets=secrets,
         secret_env=names,
         allow_ips=allow_ips,
-        dedup_window_ms=window or DEFAULT_DEDUP_WINDOW_MS,
+        dedup_window_ms=window,
     )
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
 
 
 def load_sources(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from fastavro.schema import UnknownType, fingerprint, to_parsing_canonical_form
+from fastavro.schema import UnknownType, fingerprint, load_schema, to_parsing_canonical_form
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 MAGIC = b"\xc3\x01"
@@ -93,7 +93,11 @@ class Registry:
         parsed = _parse_all(raws)
         plain = _parse_all({name: _strip_logical(raw) for name, raw in raws.items()})
         for name, raw in sorted(raws.items()):
-            fp = crc64_avro_fingerprint(to_parsing_canonical_form(parsed[name]))
+            # The canonical form must inline each referenced named type at its
+            # first use, as a reader loading the .avsc from this folder sees it;
+            # load_schema does that (parse_schema leaves bare names).
+            standalone = load_schema(directory / f"{name}.avsc", named_schemas={})
+            fp = crc64_avro_fingerprint(to_parsing_canonical_form(standalone))
             fields = frozenset(f["name"] for f in raw.get("fields", ()))
             schema = Schema(name, fp, parsed[name], plain[name], fields)
             self._by_name[name] = schema

@@ -69,8 +69,9 @@ def apply_to_transaction(
             status_changed = True
         elif verdict is Verdict.REJECT:
             result.rejected = (current, event["payment_status"])
-        if verdict is not Verdict.REJECT and stamp > current_stamp:
-            # A repeat of the current status still moves "latest arrival" on.
+        # The stamp is the arrival of the status now held: taken on every
+        # change, and moved on by a later repeat of the same status.
+        if verdict is Verdict.APPLY or (verdict is Verdict.SAME and stamp > current_stamp):
             record["status_received_at"], record["status_event_id"] = stamp
 
     members = event["order_ids"] if event["entity_type"] == "transaction" else [event["order_id"]]

@@ -30,7 +30,7 @@ def envelope_problem(document: dict[str, Any]) -> str | None:
 
 def dedup_key(document: dict[str, Any], body: bytes) -> str:
     # The provider's own id is stable across its retries.
-    return "id:" + str(document["id"])
+    return "id:" + required_text(document, "id")
 
 
 def ordering_key(document: dict[str, Any]) -> str:

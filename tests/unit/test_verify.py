@@ -1,0 +1,381 @@
+"""gateway/verify.py: one verifier per method (PRODUCT.md section 1)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jwt
+import pytest
+
+from gateway.verify import Incoming, VerificationFailed, Verifier, verifier_for
+from tests.unit.helpers import payload, payload_bytes, source
+
+TOKEN = "partner-token-0123456789abcdef"
+TOKEN_NEXT = "partner-token-next-fedcba9876543210"
+HMAC_KEY = "vignette-sales-hmac-key-0123456789abcdef"
+HMAC_KEY_NEXT = "vignette-sales-hmac-key-next-0123456789"
+JWT_KEY = "payments-jwt-key-0123456789abcdef-0123"
+JWT_KEY_NEXT = "payments-jwt-key-next-0123456789abcdef"
+WHSEC = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
+WHSEC_NEXT = "whsec_" + base64.b64encode(b"fedcba9876543210fedcba9876543210").decode()
+ALL_SECRETS = (TOKEN, TOKEN_NEXT, HMAC_KEY, HMAC_KEY_NEXT, JWT_KEY, JWT_KEY_NEXT, WHSEC, WHSEC_NEXT)
+
+
+def make(method: str, *secrets: str, kind: str = "partner") -> Verifier:
+    return verifier_for(
+        source(kind=kind, verify=method, secrets=tuple(s.encode() for s in secrets))
+    )
+
+
+def incoming(
+    body: bytes = b"{}",
+    headers: Mapping[str, str] | None = None,
+    query: Mapping[str, str] | None = None,
+    document: Any = None,
+) -> Incoming:
+    return Incoming(body=body, headers=headers or {}, query=query or {}, document=document)
+
+
+def refused(verifier: Verifier, request: Incoming) -> str:
+    """Assert the request is refused with VerificationFailed; return the reason."""
+    with pytest.raises(VerificationFailed) as info:
+        verifier(request)
+    failure = info.value
+    assert failure.reason
+    for text in (failure.reason, str(failure), repr(failure)):
+        for secret in ALL_SECRETS:
+            assert secret not in text
+            assert secret.removeprefix("whsec_") not in text
+    return failure.reason
+
+
+# -- token ----------------------------------------------------------------------
+
+
+def test_token_right() -> None:
+    make("token", TOKEN)(incoming(query={"token": TOKEN}))
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {"token": "wrong"},
+        {"token": TOKEN[:-1]},
+        {"token": TOKEN + "x"},
+        {"token": TOKEN.upper()},
+        {"token": ""},
+        {},
+        {"secret": TOKEN},
+        {"token": TOKEN_NEXT},
+        {"token": "x" * 100_000},
+    ],
+)
+def test_token_refused(query: dict[str, str]) -> None:
+    refused(make("token", TOKEN), incoming(query=query))
+
+
+def test_token_in_header_or_body_is_not_enough() -> None:
+    verifier = make("token", TOKEN)
+    refused(
+        verifier, incoming(body=json.dumps({"token": TOKEN}).encode(), headers={"token": TOKEN})
+    )
+
+
+def test_token_rotation_accepts_both() -> None:
+    verifier = make("token", TOKEN, TOKEN_NEXT)
+    verifier(incoming(query={"token": TOKEN}))
+    verifier(incoming(query={"token": TOKEN_NEXT}))
+    refused(verifier, incoming(query={"token": "neither"}))
+
+
+def test_token_reason_distinguishes_missing_from_wrong() -> None:
+    verifier = make("token", TOKEN)
+    assert refused(verifier, incoming()) != refused(verifier, incoming(query={"token": "nope"}))
+
+
+# -- hmac-sha256 -----------------------------------------------------------------
+
+SALE = payload_bytes("vignette-sales-success.json")
+
+
+def sign(body: bytes, key: str) -> str:
+    return hmac.new(key.encode(), body, hashlib.sha256).hexdigest()
+
+
+def test_hmac_right() -> None:
+    make("hmac-sha256", HMAC_KEY)(incoming(SALE, {"x-signature": sign(SALE, HMAC_KEY)}))
+
+
+def test_hmac_over_empty_body() -> None:
+    make("hmac-sha256", HMAC_KEY)(incoming(b"", {"x-signature": sign(b"", HMAC_KEY)}))
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        sign(SALE, "another-key-0123456789abcdef0123456789"),
+        sign(SALE, HMAC_KEY).upper(),
+        sign(SALE, HMAC_KEY)[:-1],
+        sign(SALE, HMAC_KEY) + "0",
+        "z" * 64,
+        "sha256=" + sign(SALE, HMAC_KEY),
+        " " + sign(SALE, HMAC_KEY),
+        base64.b64encode(bytes.fromhex(sign(SALE, HMAC_KEY))).decode(),
+        "",
+    ],
+)
+def test_hmac_refused_signatures(signature: str) -> None:
+    refused(make("hmac-sha256", HMAC_KEY), incoming(SALE, {"x-signature": signature}))
+
+
+def test_hmac_missing_header() -> None:
+    refused(make("hmac-sha256", HMAC_KEY), incoming(SALE, {"x-other": sign(SALE, HMAC_KEY)}))
+
+
+def test_hmac_body_changed_by_one_byte() -> None:
+    verifier = make("hmac-sha256", HMAC_KEY)
+    signature = sign(SALE, HMAC_KEY)
+    for position in (0, len(SALE) // 2, len(SALE) - 1):
+        changed = bytearray(SALE)
+        changed[position] ^= 0x01
+        refused(verifier, incoming(bytes(changed), {"x-signature": signature}))
+    refused(verifier, incoming(SALE + b" ", {"x-signature": signature}))
+
+
+def test_hmac_is_over_raw_bytes_not_reserialized_json() -> None:
+    verifier = make("hmac-sha256", HMAC_KEY)
+    reserialized = json.dumps(json.loads(SALE)).encode()
+    assert reserialized != SALE
+    refused(verifier, incoming(reserialized, {"x-signature": sign(SALE, HMAC_KEY)}))
+    verifier(incoming(reserialized, {"x-signature": sign(reserialized, HMAC_KEY)}))
+
+
+def test_hmac_rotation_accepts_both() -> None:
+    verifier = make("hmac-sha256", HMAC_KEY, HMAC_KEY_NEXT)
+    verifier(incoming(SALE, {"x-signature": sign(SALE, HMAC_KEY)}))
+    verifier(incoming(SALE, {"x-signature": sign(SALE, HMAC_KEY_NEXT)}))
+    refused(verifier, incoming(SALE, {"x-signature": sign(SALE, "third-key-0123456789abcdef")}))
+
+
+# -- jwt-hs256 -------------------------------------------------------------------
+
+CLAIMS = payload("payments-claims.json")
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def forged(header: dict[str, Any], claims: dict[str, Any], key: str | None) -> str:
+    """A JWT with any header, signed with HMAC-SHA256 (or unsigned when key is None)."""
+    signing_input = f"{b64url(json.dumps(header).encode())}.{b64url(json.dumps(claims).encode())}"
+    if key is None:
+        return signing_input + "."
+    mac = hmac.new(key.encode(), signing_input.encode(), hashlib.sha256).digest()
+    return f"{signing_input}.{b64url(mac)}"
+
+
+def jwt_request(token: Any) -> Incoming:
+    document = {"token": token}
+    return incoming(json.dumps(document).encode(), document=document)
+
+
+def payments_verifier(*keys: str) -> Verifier:
+    return make("jwt-hs256", *keys, kind="payments")
+
+
+def test_jwt_right() -> None:
+    verifier = payments_verifier(JWT_KEY)
+    assert verifier.needs_document
+    verifier(jwt_request(jwt.encode(CLAIMS, JWT_KEY, algorithm="HS256")))
+    # The hand-made signer agrees with pyjwt, so the forgeries below are only wrong where meant.
+    verifier(jwt_request(forged({"alg": "HS256", "typ": "JWT"}, CLAIMS, JWT_KEY)))
+
+
+def test_jwt_with_fresh_exp_is_accepted() -> None:
+    now = int(time.time())
+    token = jwt.encode({**CLAIMS, "iat": now, "exp": now + 300}, JWT_KEY, algorithm="HS256")
+    payments_verifier(JWT_KEY)(jwt_request(token))
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        forged({"alg": "none", "typ": "JWT"}, CLAIMS, None),
+        forged({"alg": "none", "typ": "JWT"}, CLAIMS, JWT_KEY),
+        forged({"alg": "None", "typ": "JWT"}, CLAIMS, JWT_KEY),
+        forged({"typ": "JWT"}, CLAIMS, JWT_KEY),
+        jwt.encode(CLAIMS, JWT_KEY, algorithm="HS512"),
+        jwt.encode(CLAIMS, JWT_KEY, algorithm="HS384"),
+        forged({"alg": "HS512", "typ": "JWT"}, CLAIMS, JWT_KEY),
+        forged({"alg": "RS256", "typ": "JWT"}, CLAIMS, JWT_KEY),
+        forged({"alg": "ES256", "typ": "JWT"}, CLAIMS, JWT_KEY),
+    ],
+    ids=[
+        "none-unsigned",
+        "none-signed",
+        "None",
+        "no-alg",
+        "HS512",
+        "HS384",
+        "HS512-forged",
+        "RS256-forged",
+        "ES256-forged",
+    ],
+)
+def test_jwt_other_algorithms_refused(token: str) -> None:
+    refused(payments_verifier(JWT_KEY), jwt_request(token))
+
+
+def test_jwt_wrong_secret() -> None:
+    token = jwt.encode(CLAIMS, "not-the-payments-key-0123456789abcdef", algorithm="HS256")
+    refused(payments_verifier(JWT_KEY), jwt_request(token))
+
+
+def test_jwt_tampered_claims() -> None:
+    header, _, signature = jwt.encode(CLAIMS, JWT_KEY, algorithm="HS256").split(".")
+    claims = b64url(json.dumps({**CLAIMS, "paymentStatus": "failed"}).encode())
+    refused(payments_verifier(JWT_KEY), jwt_request(f"{header}.{claims}.{signature}"))
+
+
+def test_jwt_rotation_accepts_both() -> None:
+    verifier = payments_verifier(JWT_KEY, JWT_KEY_NEXT)
+    verifier(jwt_request(jwt.encode(CLAIMS, JWT_KEY, algorithm="HS256")))
+    verifier(jwt_request(jwt.encode(CLAIMS, JWT_KEY_NEXT, algorithm="HS256")))
+    third = jwt.encode(CLAIMS, "third-payments-key-0123456789abcdef", algorithm="HS256")
+    refused(verifier, jwt_request(third))
+
+
+@pytest.mark.parametrize("key", [JWT_KEY, JWT_KEY_NEXT])
+def test_jwt_expired(key: str) -> None:
+    now = int(time.time())
+    token = jwt.encode({**CLAIMS, "iat": now - 7200, "exp": now - 3600}, key, algorithm="HS256")
+    refused(payments_verifier(JWT_KEY, JWT_KEY_NEXT), jwt_request(token))
+
+
+def test_jwt_expired_and_wrong_key_is_still_refused() -> None:
+    now = int(time.time())
+    token = jwt.encode({**CLAIMS, "exp": now - 3600}, "wrong-key-0123456789abcdef0123456", "HS256")
+    refused(payments_verifier(JWT_KEY), jwt_request(token))
+
+
+@pytest.mark.parametrize(
+    "document",
+    [None, {}, {"token": ""}, {"token": 42}, {"token": None}, {"jwt": "x"}, ["token"]],
+)
+def test_jwt_missing_token(document: Any) -> None:
+    refused(payments_verifier(JWT_KEY), incoming(b"{}", document=document))
+
+
+@pytest.mark.parametrize("token", ["not-a-jwt", "a.b.c", "...", "x" * 10_000])
+def test_jwt_malformed_token(token: str) -> None:
+    refused(payments_verifier(JWT_KEY), jwt_request(token))
+
+
+# -- standard-webhooks ------------------------------------------------------------
+
+
+def std_headers(
+    body: bytes, secret: str = WHSEC, msg_id: str = "msg_1", timestamp: int | None = None
+) -> dict[str, str]:
+    ts = int(time.time()) if timestamp is None else timestamp
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    mac = hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
+    }
+
+
+BODY = payload_bytes("envelope-refund.json")
+
+
+def test_standard_webhooks_right() -> None:
+    make("standard-webhooks", WHSEC)(incoming(BODY, std_headers(BODY)))
+
+
+def test_standard_webhooks_several_signatures_one_right() -> None:
+    headers = std_headers(BODY)
+    headers["webhook-signature"] = "v1,AAAA " + headers["webhook-signature"]
+    make("standard-webhooks", WHSEC)(incoming(BODY, headers))
+
+
+def test_standard_webhooks_rotation_accepts_both() -> None:
+    verifier = make("standard-webhooks", WHSEC, WHSEC_NEXT)
+    verifier(incoming(BODY, std_headers(BODY, WHSEC)))
+    verifier(incoming(BODY, std_headers(BODY, WHSEC_NEXT)))
+
+
+def test_standard_webhooks_tampered_body() -> None:
+    refused(make("standard-webhooks", WHSEC), incoming(BODY + b" ", std_headers(BODY)))
+
+
+def test_standard_webhooks_wrong_secret() -> None:
+    refused(make("standard-webhooks", WHSEC), incoming(BODY, std_headers(BODY, WHSEC_NEXT)))
+
+
+def test_standard_webhooks_other_message_id() -> None:
+    headers = dict(std_headers(BODY), **{"webhook-id": "msg_2"})
+    refused(make("standard-webhooks", WHSEC), incoming(BODY, headers))
+
+
+@pytest.mark.parametrize("age_s", [301, 600, 86_400, -600])
+def test_standard_webhooks_timestamp_outside_tolerance(age_s: int) -> None:
+    headers = std_headers(BODY, timestamp=int(time.time()) - age_s)
+    refused(make("standard-webhooks", WHSEC), incoming(BODY, headers))
+
+
+def test_standard_webhooks_timestamp_inside_tolerance() -> None:
+    headers = std_headers(BODY, timestamp=int(time.time()) - 200)
+    make("standard-webhooks", WHSEC)(incoming(BODY, headers))
+
+
+@pytest.mark.parametrize("missing", ["webhook-id", "webhook-timestamp", "webhook-signature"])
+def test_standard_webhooks_missing_header(missing: str) -> None:
+    headers = std_headers(BODY)
+    del headers[missing]
+    refused(make("standard-webhooks", WHSEC), incoming(BODY, headers))
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("webhook-signature", "v1"),
+        ("webhook-signature", "garbage"),
+        ("webhook-signature", "v1,"),
+        ("webhook-signature", ","),
+        ("webhook-signature", "v1,!!!not base64!!!"),
+        ("webhook-signature", "v1a,AAAA"),
+        ("webhook-signature", "v1,a,b"),
+        ("webhook-timestamp", "yesterday"),
+        ("webhook-timestamp", "1e400"),
+    ],
+)
+def test_standard_webhooks_malformed_headers(header: str, value: str) -> None:
+    headers = dict(std_headers(BODY), **{header: value})
+    refused(make("standard-webhooks", WHSEC), incoming(BODY, headers))
+
+
+# -- none ------------------------------------------------------------------------
+
+
+def test_none_accepts_anything() -> None:
+    verifier = make("none")
+    assert verifier.method == "none"
+    verifier(incoming(b""))
+    verifier(incoming(b"\xff", {"x-signature": "bad"}, {"token": "bad"}))
+
+
+def test_each_method_builds_its_own_verifier() -> None:
+    assert make("token", TOKEN).method == "token"
+    assert make("hmac-sha256", HMAC_KEY).method == "hmac-sha256"
+    assert make("standard-webhooks", WHSEC).method == "standard-webhooks"
+    assert not make("token", TOKEN).needs_document
+    assert not make("hmac-sha256", HMAC_KEY).needs_document
