@@ -58,10 +58,12 @@ class Batch:
         table: TableT,
         encode: Callable[[Any], bytes],
         decode: Callable[[bytes], Any],
+        on_put: Callable[[EventT, bytes, Any], None] | None = None,
     ) -> None:
         self.table = table
         self._encode = encode
         self._decode = decode
+        self._on_put = on_put
         self._sends: list[tuple[TopicT, bytes, bytes]] = []
         self._writes: dict[bytes, tuple[EventT, Any]] = {}
 
@@ -77,6 +79,11 @@ class Batch:
 
     def put(self, event: EventT, key: bytes, value: Any) -> None:
         self._writes[key] = (event, value)
+        if self._on_put is not None:
+            self._on_put(event, key, value)
+
+    def delete(self, event: EventT, key: bytes) -> None:
+        self._writes[key] = (event, DELETE)
 
     def send(self, topic: TopicT, key: bytes, value: bytes) -> None:
         self._sends.append((topic, key, value))

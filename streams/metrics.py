@@ -67,6 +67,12 @@ class WorkerMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
             registry=r,
         )
+        self.expired = Counter(
+            "hookline_worker_expired_keys",
+            "Table keys deleted after their window (dedup) or retention (join, orders).",
+            ["environment", "table"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "hookline_worker_batch_size",
             "Inputs per processed batch, by stage.",

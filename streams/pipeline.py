@@ -30,6 +30,7 @@ from hookline.sources import Source
 from schemas import codec
 from streams.batch import Batch
 from streams.dedup import Seen, classify, new_entry
+from streams.expiry import Expiry, StreamTime
 from streams.join import apply_to_transaction
 from streams.metrics import WorkerMetrics
 from streams.normalize import normalize
@@ -49,12 +50,25 @@ class PipelineConfig:
     batch_within_s: float = 0.02
 
 
-def _decoder(name: str) -> Any:
-    return lambda data: codec.decode_as(name, data)
+class StateTable:
+    """A changelog-backed table of Avro records, with its expiry sweeper."""
 
+    def __init__(self, table: TableT, schema: str, expired: Any) -> None:
+        self.table = table
+        self._expired = expired  # the counter for this table
+        self.encode = lambda record: codec.encode(schema, record)
+        self.decode = lambda data: codec.decode_as(schema, data)
+        self.expiry = Expiry(table, self.decode)
 
-def _encoder(name: str) -> Any:
-    return lambda record: codec.encode(name, record)
+    def batch(self) -> Batch:
+        return Batch(self.table, self.encode, self.decode, on_put=self.expiry.noted)
+
+    async def finish(self, batch: Batch, clock: StreamTime) -> None:
+        """Delete what expired, then send outputs, await acks, write the table."""
+        deleted = self.expiry.sweep(batch, clock)
+        await batch.flush()
+        if deleted:
+            self._expired.inc(deleted)
 
 
 class EnvironmentPipeline:
@@ -84,9 +98,9 @@ class EnvironmentPipeline:
         self.orders_state = self._topic(topics.orders_state(env))
         self.orders_changes = self._topic(topics.orders_changes(env))
 
-        self.dedup_table = self._table("dedup")
-        self.transactions_table = self._table("transactions")
-        self.orders_table = self._table("orders")
+        self.dedup_store = self._table("dedup", codec.DEDUP_ENTRY)
+        self.transaction_store = self._table("transactions", codec.TRANSACTION_RECORD)
+        self.order_store = self._table("orders", codec.ORDER_RECORD)
 
         app.agent(self.raw, name=f"{env}.normalize")(self.normalize)
         app.agent(self.deliveries, name=f"{env}.dedup")(self.dedup)
@@ -103,7 +117,7 @@ class EnvironmentPipeline:
             value_serializer="raw",
         )
 
-    def _table(self, name: str) -> TableT:
+    def _table(self, name: str, schema: str) -> StateTable:
         changelog = self.app.topic(
             topics.changelog(self.env, name),
             partitions=self.config.partitions,
@@ -115,13 +129,14 @@ class EnvironmentPipeline:
             key_serializer="raw",
             value_serializer="raw",
         )
-        return self.app.Table(
+        table = self.app.Table(
             f"{self.env}.{name}",
             partitions=self.config.partitions,
             changelog_topic=changelog,
             key_type=bytes,  # bytes in, bytes out: the "raw" codec
             value_type=bytes,
         )
+        return StateTable(table, schema, self.metrics.expired.labels(self.env, name))
 
     def _batches(self, stream: StreamT) -> Any:
         return stream.take_events(self.config.batch_max, within=self.config.batch_within_s)
@@ -148,13 +163,12 @@ class EnvironmentPipeline:
     async def dedup(self, stream: StreamT) -> None:
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("dedup").observe(len(events))
-            batch = Batch(
-                self.dedup_table, _encoder(codec.DEDUP_ENTRY), _decoder(codec.DEDUP_ENTRY)
-            )
+            batch, clock = self.dedup_store.batch(), StreamTime()
             for event in events:
                 delivery = self._decode(event, codec.DELIVERY)
                 if delivery is None:
                     continue
+                clock.saw(event, delivery["received_at"])
                 # Kept in the partition of the ordering key, which every
                 # retry of this delivery shares.
                 dedup_key = delivery["dedup_key"].encode()
@@ -174,7 +188,7 @@ class EnvironmentPipeline:
                 for canonical in delivery["events"]:
                     self._route(batch, canonical)
                 batch.put(event, dedup_key, new_entry(delivery))
-            await batch.flush()
+            await self.dedup_store.finish(batch, clock)
 
     def _route(self, batch: Batch, event: dict[str, Any]) -> None:
         encoded = codec.encode(codec.CANONICAL_EVENT, event)
@@ -191,15 +205,12 @@ class EnvironmentPipeline:
         retention = self.config.join_retention_ms
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("transactions").observe(len(events))
-            batch = Batch(
-                self.transactions_table,
-                _encoder(codec.TRANSACTION_RECORD),
-                _decoder(codec.TRANSACTION_RECORD),
-            )
+            batch, clock = self.transaction_store.batch(), StreamTime()
             for event in events:
                 canonical = self._decode(event, codec.CANONICAL_EVENT)
                 if canonical is None:
                     continue
+                clock.saw(event, canonical["received_at"])
                 result = apply_to_transaction(batch.get(event, event.key), canonical, retention)
                 if result.rejected:
                     self._rejected("payment_status", *result.rejected, canonical["event_id"])
@@ -211,16 +222,14 @@ class EnvironmentPipeline:
                     )
                 if result.changed:
                     batch.put(event, event.key, result.record)
-            await batch.flush()
+            await self.transaction_store.finish(batch, clock)
 
     # -- stage 4: order state -------------------------------------------------
     async def orders(self, stream: StreamT) -> None:
         retention = self.config.order_retention_ms
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("orders").observe(len(events))
-            batch = Batch(
-                self.orders_table, _encoder(codec.ORDER_RECORD), _decoder(codec.ORDER_RECORD)
-            )
+            batch, clock = self.order_store.batch(), StreamTime()
             received: list[int] = []
             for event in events:
                 try:
@@ -230,8 +239,10 @@ class EnvironmentPipeline:
                     continue
                 current = batch.get(event, event.key)
                 if name == codec.CANONICAL_EVENT:
+                    clock.saw(event, record["received_at"])
                     result = apply_event(current, record, self.env, retention)
                 elif name == codec.TRANSACTION_UPDATE:
+                    clock.saw(event, record["cause"]["received_at"])
                     result = apply_update(current, record, self.env, retention)
                 else:
                     self._undecodable(event, codec.CodecError(f"unexpected {name}"))
@@ -254,7 +265,7 @@ class EnvironmentPipeline:
                     received.append(change["cause"]["received_at"])
                 if result.changed:
                     batch.put(event, event.key, result.record)
-            await batch.flush()
+            await self.order_store.finish(batch, clock)
             if received:
                 self.metrics.state_changes.labels(self.env).inc(len(received))
                 now_ms = time.time() * 1000

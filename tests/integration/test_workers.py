@@ -10,6 +10,7 @@ cluster (KAFKA_BOOTSTRAP_SERVERS) that cluster is used.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import random
@@ -220,3 +221,91 @@ async def test_two_workers_reach_the_same_state_as_one(
     finally:
         one.stop()
         two.stop()
+
+
+def same_partition_ids(prefix: str, like: str, partitions: int, count: int) -> list[str]:
+    """Ids that Kafka's default partitioner puts in the same partition as ``like``."""
+    all_partitions = list(range(partitions))
+    target = PARTITIONER(like.encode(), all_partitions, all_partitions)
+    found = []
+    while len(found) < count:
+        candidate = traffic.unique(prefix)
+        if PARTITIONER(candidate.encode(), all_partitions, all_partitions) == target:
+            found.append(candidate)
+    return found
+
+
+async def test_expired_keys_are_deleted_from_tables(
+    bootstrap: str, log_dir: Path, tmp_path: Path
+) -> None:
+    sources = tmp_path / "sources.toml"
+    sources.write_text(
+        '[sources.partner]\nkind = "partner"\nenvironment = "production"\n'
+        'verify = "token"\nsecret_env = "PARTNER_SECRET"\ndedup_window = "1m"\n'
+    )
+    env = hookline_env(
+        bootstrap, tmp_path, HOOKLINE_SOURCES=str(sources), HOOKLINE_JOIN_RETENTION_DAYS="0.001"
+    )  # 86.4 s of event time
+    worker = processes.worker(env, log_dir).start(timeout=90)
+    try:
+        source = load_sources(sources, DEV)["partner"]
+        now = 1_800_000_000_000  # event time is the records' received_at
+        order, tx = traffic.unique("ord"), traffic.unique("tr")
+        [later_tx] = same_partition_ids("tr", tx, 4, 1)
+        first = [
+            (traffic.order_status(order, "PENDING"), now),
+            (traffic.checkout(tx, [], "CREATED"), now),
+        ]
+        # Two minutes of event time later, in the same partitions: the first
+        # dedup entry and the first transaction are past their windows.
+        second = [
+            (traffic.order_status(order, "ACTIVE"), now + 120_000),
+            (traffic.checkout(later_tx, [], "CREATED"), now + 120_000),
+        ]
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", enable_idempotence=False
+        )
+        await producer.start()
+        try:
+            partitions = sorted(await producer.partitions_for("production.webhooks.raw"))
+            for batch in (first, second):
+                for body, at in batch:
+                    key, value = traffic.raw_record(source, body, received_at_ms=at)
+                    order_key = ordering_key("partner", json.loads(body)).encode()
+                    await producer.send_and_wait(
+                        "production.webhooks.raw",
+                        value,
+                        key=key,
+                        partition=PARTITIONER(order_key, partitions, partitions),
+                    )
+                await asyncio.sleep(2)  # let the first batch land in its own batch
+        finally:
+            await producer.stop()
+
+        def tombstoned(records: list[Record]) -> bool:
+            deleted = {r.key for r in records if r.schema == "tombstone"}
+            return tx in deleted and any(k.startswith("partner|") for k in deleted)
+
+        records = await read_topics(
+            bootstrap,
+            "production.hookline.dedup-changelog",
+            "production.hookline.transactions-changelog",
+            until=tombstoned,
+            timeout=60,
+            idle=0.5,
+        )
+
+        def dedup_key(body: bytes) -> str:
+            return f"partner|body:{hashlib.sha256(body).hexdigest()}"
+
+        dedup = [r for r in records if r.topic.endswith("dedup-changelog")]
+        deleted = {r.key for r in dedup if r.schema == "tombstone"}
+        # Past the 1-minute window when the later deliveries arrived: deleted.
+        assert deleted == {dedup_key(body) for body, _ in first}
+        # The later ones are within their window: still there.
+        assert {r.key for r in dedup} - deleted == {dedup_key(body) for body, _ in second}
+        transactions = [r for r in records if r.topic.endswith("transactions-changelog")]
+        assert {r.key for r in transactions if r.schema == "tombstone"} == {tx}
+        assert metric(worker, "hookline_worker_expired_keys_total") >= 2
+    finally:
+        worker.stop()

@@ -12,6 +12,8 @@ from aiokafka import AIOKafkaConsumer
 
 from schemas import codec
 
+TOMBSTONE = "tombstone"
+
 
 @dataclass(frozen=True)
 class Record:
@@ -21,7 +23,7 @@ class Record:
     key: str
     schema: str
     value: dict[str, Any]
-    raw: bytes
+    raw: bytes | None
 
 
 async def read_topics(
@@ -54,7 +56,10 @@ async def read_topics(
             batch = await consumer.getmany(timeout_ms=200)
             for tp, messages in batch.items():
                 for m in messages:
-                    name, value = codec.decode(m.value)
+                    if m.value is None:  # a tombstone (a table key deleted)
+                        name, value = TOMBSTONE, {}
+                    else:
+                        name, value = codec.decode(m.value)
                     records.append(
                         Record(
                             tp.topic, tp.partition, m.offset, m.key.decode(), name, value, m.value
