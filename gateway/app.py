@@ -18,8 +18,9 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 
-from gateway.body import BadBody, BodyTooLarge, parse_object, read_limited
+from gateway.body import BadBody, BodyTooLarge, discard, parse_object, read_limited
 from gateway.envelope import new_delivery_id, raw_envelope
 from gateway.metrics import GatewayMetrics
 from gateway.publish import Publisher, Unavailable
@@ -115,18 +116,23 @@ def create_app(
         client_ip = request.client.host if request.client else None
         if not source.ip_allowed(client_ip):
             return unverified(source, VerificationFailed("ip_not_allowed"))
+        stream = request.stream()
         try:
             body = await read_limited(
-                request.stream(), request.headers.get("content-length"), settings.max_body_bytes
+                stream, request.headers.get("content-length"), settings.max_body_bytes
             )
         except BodyTooLarge:
-            return refuse(
+            answer = refuse(
                 source.name,
                 413,
                 "too_large",
                 f"body larger than {settings.max_body_bytes} bytes",
                 Connection="close",
             )
+            # Lingering close: closing with unread data makes the kernel reset
+            # the connection, and many clients then never see the 413.
+            answer.background = BackgroundTask(discard, stream, 4 * settings.max_body_bytes)
+            return answer
         except BadBody as exc:
             return refuse(source.name, 400, "bad_request", str(exc))
         received_at = int(time.time() * 1000)

@@ -2,15 +2,17 @@
 
 A body over the limit is refused as soon as the limit is crossed (or at once,
 from Content-Length), so a client cannot make the gateway buffer more than the
-limit. JSON nesting is bounded too: json.loads copes with deep nesting only up
-to Python's recursion limit, and deep documents are never legitimate webhooks.
+limit. Parsing is hookline.json_object's strict, depth-bounded JSON.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
+
+from hookline.json_object import NotAJsonObject, loads_object
 
 
 class BodyTooLarge(Exception):
@@ -41,32 +43,20 @@ async def read_limited(
     return b"".join(chunks)
 
 
-def _depth_exceeds(document: Any, limit: int) -> bool:
-    stack: list[tuple[Any, int]] = [(document, 1)]
-    while stack:
-        node, depth = stack.pop()
-        if isinstance(node, dict):
-            children = node.values()
-        elif isinstance(node, list):
-            children = node
-        else:
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return False
+async def discard(stream: AsyncIterator[bytes], limit: int, seconds: float = 2.0) -> None:
+    """Read and drop what is left of a refused body, within bounds, after answering."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(seconds):
+            dropped = 0
+            async for chunk in stream:
+                dropped += len(chunk)
+                if dropped > limit:
+                    return
 
 
 def parse_object(body: bytes, max_depth: int) -> dict[str, Any]:
-    """The body as a JSON object, or :class:`BadBody` saying why not."""
+    """The body as a strict JSON object, or :class:`BadBody` saying why not."""
     try:
-        document = json.loads(body)
-    except RecursionError:
-        raise BadBody(f"JSON nested deeper than {max_depth} levels") from None
-    except (ValueError, UnicodeDecodeError):
-        raise BadBody("body is not valid JSON") from None
-    if not isinstance(document, dict):
-        raise BadBody("body must be a JSON object")
-    if _depth_exceeds(document, max_depth):
-        raise BadBody(f"JSON nested deeper than {max_depth} levels")
-    return document
+        return loads_object(body, max_depth)
+    except NotAJsonObject as exc:
+        raise BadBody(str(exc)) from None

@@ -52,6 +52,8 @@ class Publisher:
         self._producer: AIOKafkaProducer | None = None
         self._connector: asyncio.Task[None] | None = None
         self._ready_at = 0.0
+        self._topics_checked = False
+        self._topics_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Connect in the background: the gateway serves (503) while Kafka is away."""
@@ -72,13 +74,7 @@ class Publisher:
                 client_id="hookline-gateway",
             )
             try:
-                await ensure_topics(
-                    self._bootstrap,
-                    self._topics,
-                    self._partitions,
-                    self._replication_factor,
-                    timeout_s=10.0,
-                )
+                await self._ensure_topics(timeout_s=10.0)
                 await producer.start()
             except (TimeoutError, KafkaError, OSError) as exc:
                 with contextlib.suppress(Exception):
@@ -90,8 +86,32 @@ class Publisher:
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
             self._producer = producer
+            self._topics_checked = True
             log.info("connected to Kafka at %s", self._bootstrap)
             return
+
+    async def _ensure_topics(self, timeout_s: float) -> None:
+        await ensure_topics(
+            self._bootstrap,
+            self._topics,
+            self._partitions,
+            self._replication_factor,
+            timeout_s=timeout_s,
+        )
+
+    async def _recheck_topics(self, producer: AIOKafkaProducer) -> None:
+        """After a failure, make sure the topics exist before trusting an ack again.
+
+        A cluster that lost its topics (the in-memory dev broker after a
+        restart) may otherwise acknowledge writes to topics it no longer has.
+        One check at a time; the others wait for it.
+        """
+        async with self._topics_lock:
+            if self._topics_checked:
+                return
+            await self._ensure_topics(timeout_s=self.timeout_s)
+            await producer.client.force_metadata_update()
+            self._topics_checked = True
 
     async def stop(self) -> None:
         if self._connector and not self._connector.done():
@@ -116,12 +136,16 @@ class Publisher:
             raise Unavailable("not connected to Kafka")
         try:
             async with asyncio.timeout(self.timeout_s):
+                if not self._topics_checked:
+                    await self._recheck_topics(producer)
                 partitions = sorted(await producer.partitions_for(topic))
                 partition = _PARTITIONER(ordering_key, partitions, partitions)
                 await producer.send_and_wait(topic, value, key=key, partition=partition)
         except TimeoutError:
+            self._topics_checked = False
             raise Unavailable(f"no acknowledgement within {self.timeout_s:g}s") from None
-        except KafkaError as exc:
+        except (KafkaError, OSError) as exc:
+            self._topics_checked = False
             raise Unavailable(type(exc).__name__) from None
 
     async def ready(self) -> bool:
@@ -134,6 +158,7 @@ class Publisher:
         try:
             await asyncio.wait_for(producer.client.fetch_all_metadata(), min(self.timeout_s, 2.0))
         except (KafkaError, OSError, TimeoutError):
+            self._topics_checked = False
             return False
         self._ready_at = time.monotonic()
         return True

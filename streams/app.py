@@ -55,6 +55,7 @@ def create_app(
         partitions=settings.partitions,
         join_retention_ms=int(settings.join_retention_days * DAY_MS),
         order_retention_ms=int(settings.order_retention_days * DAY_MS),
+        max_json_depth=settings.max_json_depth,
     )
     app.hookline_pipelines = [  # type: ignore[attr-defined]
         EnvironmentPipeline(app, env, config, sources, metrics) for env in ENVIRONMENTS

@@ -9,12 +9,12 @@ is dropped silently.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hookline.json_object import DEFAULT_MAX_DEPTH, NotAJsonObject, loads_object
 from hookline.sources import DEFAULT_DEDUP_WINDOW_MS, Source
 from schemas import codec
 from streams.adapters import Unmappable, adapter_for
@@ -47,6 +47,7 @@ def normalize(
     raw_value: bytes | None,
     environment: str,
     sources: Mapping[str, Source],
+    max_json_depth: int = DEFAULT_MAX_DEPTH,
 ) -> Normalized:
     key = raw_key or b""
     try:
@@ -74,11 +75,9 @@ def normalize(
     try:
         adapter = adapter_for(envelope["kind"])
         try:
-            document = json.loads(envelope["body"])
-        except (ValueError, UnicodeDecodeError):
-            raise Unmappable("body is not valid JSON") from None
-        if not isinstance(document, dict):
-            raise Unmappable("body is not a JSON object")
+            document = loads_object(envelope["body"], max_json_depth)
+        except NotAJsonObject as exc:
+            raise Unmappable(str(exc)) from None
         ctx = DeliveryContext(
             delivery_id=envelope["delivery_id"],
             source=envelope["source"],
@@ -89,7 +88,7 @@ def normalize(
         dedup_key = f"{envelope['source']}|{adapter.dedup_key(document, envelope['body'])}"
         order_key = adapter.ordering_key(document)[:256]
         events = adapter.to_events(document, ctx)
-    except (Unmappable, RecursionError) as exc:
+    except Unmappable as exc:
         return _dead_letter(envelope, "normalize", str(exc) or type(exc).__name__, key)
 
     source = sources.get(envelope["source"])

@@ -46,6 +46,7 @@ class PipelineConfig:
     partitions: int
     join_retention_ms: int
     order_retention_ms: int
+    max_json_depth: int = 32
     batch_max: int = 500
     batch_within_s: float = 0.02
 
@@ -144,7 +145,9 @@ class EnvironmentPipeline:
     # -- stage 1: raw -> canonical events (stateless) ------------------------
     async def normalize(self, stream: StreamT) -> None:
         async for event in stream.events():
-            result = normalize(event.key, event.value, self.env, self.sources)
+            result = normalize(
+                event.key, event.value, self.env, self.sources, self.config.max_json_depth
+            )
             if result.dead_letter:
                 detail = result.detail
                 self.metrics.dead_letters.labels(self.env, detail["stage"]).inc()
