@@ -18,9 +18,14 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.background import BackgroundTask
 
-from gateway.body import BadBody, BodyTooLarge, discard, parse_object, read_limited
+from gateway.body import (
+    BadBody,
+    BodyTooLarge,
+    LingeringJSONResponse,
+    parse_object,
+    read_limited,
+)
 from gateway.envelope import new_delivery_id, raw_envelope
 from gateway.metrics import GatewayMetrics
 from gateway.publish import Publisher, Unavailable
@@ -122,17 +127,14 @@ def create_app(
                 stream, request.headers.get("content-length"), settings.max_body_bytes
             )
         except BodyTooLarge:
-            answer = refuse(
-                source.name,
-                413,
-                "too_large",
-                f"body larger than {settings.max_body_bytes} bytes",
-                Connection="close",
+            detail = f"body larger than {settings.max_body_bytes} bytes"
+            refuse(source.name, 413, "too_large", detail)
+            return LingeringJSONResponse(
+                {"detail": detail},
+                status_code=413,
+                headers={"Connection": "close"},
+                drain_bytes=4 * settings.max_body_bytes,
             )
-            # Lingering close: closing with unread data makes the kernel reset
-            # the connection, and many clients then never see the 413.
-            answer.background = BackgroundTask(discard, stream, 4 * settings.max_body_bytes)
-            return answer
         except BadBody as exc:
             return refuse(source.name, 400, "bad_request", str(exc))
         received_at = int(time.time() * 1000)

@@ -12,6 +12,9 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
+from starlette.responses import JSONResponse
+from starlette.types import Receive, Scope, Send
+
 from hookline.json_object import NotAJsonObject, loads_object
 
 
@@ -43,15 +46,45 @@ async def read_limited(
     return b"".join(chunks)
 
 
-async def discard(stream: AsyncIterator[bytes], limit: int, seconds: float = 2.0) -> None:
-    """Read and drop what is left of a refused body, within bounds, after answering."""
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(seconds):
-            dropped = 0
-            async for chunk in stream:
-                dropped += len(chunk)
-                if dropped > limit:
-                    return
+class LingeringJSONResponse(JSONResponse):
+    """A refusal sent in full at once, then a bounded drain of the unread body.
+
+    Closing a connection with request bytes still unread makes the kernel
+    reset it, and many clients then report the reset instead of the answer
+    they were sent. So the answer's bytes go out first (the client can read
+    them: Content-Length says they are complete), the rest of the body is
+    read and dropped (at most ``drain_bytes``, ``drain_seconds``), and only
+    then does the response end and the connection close. Nothing is buffered.
+    """
+
+    def __init__(
+        self,
+        content: Any,
+        status_code: int,
+        headers: dict[str, str],
+        drain_bytes: int,
+        drain_seconds: float = 2.0,
+    ) -> None:
+        super().__init__(content, status_code=status_code, headers=headers)
+        self.drain_bytes = drain_bytes
+        self.drain_seconds = drain_seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.drain_seconds):
+                dropped = 0
+                while dropped <= self.drain_bytes:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    dropped += len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        break
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 def parse_object(body: bytes, max_depth: int) -> dict[str, Any]:
