@@ -116,13 +116,14 @@ async def _ensure_worker_topics(settings: Settings) -> None:
 
     from hookline import topics
 
+    retention, max_record = settings.raw_retention_days, settings.max_record_bytes
     specs = [
-        s for env in ENVIRONMENTS for s in topics.worker_topics(env, settings.raw_retention_days)
-    ]
-    specs += [
-        s
+        spec
         for env in ENVIRONMENTS
-        for s in topics.gateway_topics(env, settings.raw_retention_days, settings.max_record_bytes)
+        for spec in (
+            topics.worker_topics(env, retention, max_record)
+            + topics.gateway_topics(env, retention, max_record)
+        )
     ]
     attempt = 0
     while True:

@@ -90,11 +90,16 @@ def gateway_topics(env: str, raw_retention_days: float, max_record_bytes: int) -
     ]
 
 
-def worker_topics(env: str, retention_days: float) -> list[TopicSpec]:
+def worker_topics(env: str, retention_days: float, max_record_bytes: int) -> list[TopicSpec]:
     retention = int(retention_days * DAY_MS)
     return [
         TopicSpec(events(env), retention_ms=retention),
-        TopicSpec(deadletter(env), retention_ms=retention),
+        # A dead letter carries the whole raw body: room for one at the limit.
+        TopicSpec(
+            deadletter(env),
+            retention_ms=retention,
+            configs={"max.message.bytes": str(max_record_bytes + 16 * 1024)},
+        ),
         TopicSpec(orders_state(env), compacted=True),
         TopicSpec(orders_changes(env), retention_ms=retention),
         TopicSpec(deliveries(env), retention_ms=retention),

@@ -17,6 +17,7 @@ from streams.metrics import WorkerMetrics
 from streams.pipeline import DAY_MS, EnvironmentPipeline, PipelineConfig
 
 APP_ID = "hookline"
+DEAD_LETTER_OVERHEAD = 16 * 1024  # stage, reason (<= 1000 chars), timestamps
 
 disable_created_metrics()  # *_created series only add noise to every scrape
 
@@ -31,9 +32,14 @@ def create_app(
     bootstrap = settings.require_bootstrap()
     sources = load_sources(settings.sources_path, with_secrets=False)
     metrics = metrics or WorkerMetrics()
+    servers = [server.strip() for server in bootstrap.split(",")]
     app = faust.App(
         APP_ID,
-        broker=[f"kafka://{server.strip()}" for server in bootstrap.split(",")],
+        broker=[f"kafka://{server}" for server in servers],
+        # Same cluster, consumed through streams/transport.py (short fetch wait).
+        broker_consumer=[f"hookline://{server}" for server in servers],
+        # Room for a dead letter carrying a body at the gateway's limit.
+        producer_max_request_size=settings.max_record_bytes + DEAD_LETTER_OVERHEAD,
         store="rocksdb://" if settings.store == "rocksdb" else "memory://",
         datadir=str(settings.data_dir / "worker"),
         topic_partitions=settings.partitions,

@@ -32,6 +32,8 @@ from typing import Any
 from faust.streams import _current_event
 from faust.types import EventT, TableT, TopicT
 
+Output = tuple[TopicT, bytes, bytes]
+
 #: Marks a key to delete in :class:`Batch` writes.
 DELETE = object()
 
@@ -44,6 +46,17 @@ def in_partition_of(event: EventT) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+async def send_acknowledged(sends: list[Output]) -> None:
+    """Send all, then wait until Kafka acknowledged every one.
+
+    Raises if any send failed: the batch is then not acknowledged, the worker
+    crashes and the inputs are processed again.
+    """
+    if sends:
+        pending = [await topic.send(key=key, value=value) for topic, key, value in sends]
+        await asyncio.gather(*pending)
 
 
 class Batch:
@@ -64,7 +77,7 @@ class Batch:
         self._encode = encode
         self._decode = decode
         self._on_put = on_put
-        self._sends: list[tuple[TopicT, bytes, bytes]] = []
+        self._sends: list[Output] = []
         self._writes: dict[bytes, tuple[EventT, Any]] = {}
 
     def get(self, event: EventT, key: bytes) -> Any:
@@ -94,11 +107,7 @@ class Batch:
 
     async def flush(self) -> None:
         """Send every output, wait for all acknowledgements, then write the table."""
-        if self._sends:
-            pending = [await topic.send(key=key, value=value) for topic, key, value in self._sends]
-            # Raises if any send failed: the batch is then not acknowledged,
-            # the worker crashes and the inputs are processed again.
-            await asyncio.gather(*pending)
+        await send_acknowledged(self._sends)
         for key, (event, value) in self._writes.items():
             with in_partition_of(event):
                 if value is DELETE:

@@ -28,7 +28,7 @@ from faust.types import EventT, StreamT, TableT, TopicT
 from hookline import topics
 from hookline.sources import Source
 from schemas import codec
-from streams.batch import Batch
+from streams.batch import Batch, Output, send_acknowledged
 from streams.dedup import Seen, classify, new_entry
 from streams.expiry import Expiry, StreamTime
 from streams.join import apply_to_transaction
@@ -144,12 +144,20 @@ class EnvironmentPipeline:
 
     # -- stage 1: raw -> canonical events (stateless) ------------------------
     async def normalize(self, stream: StreamT) -> None:
-        async for event in stream.events():
-            result = normalize(
-                event.key, event.value, self.env, self.sources, self.config.max_json_depth
-            )
-            if result.dead_letter:
-                detail = result.detail
+        async for events in self._batches(stream):
+            sends: list[Output] = []
+            letters = []
+            for event in events:
+                result = normalize(
+                    event.key, event.value, self.env, self.sources, self.config.max_json_depth
+                )
+                if result.dead_letter:
+                    sends.append((self.deadletter, result.key, result.value))
+                    letters.append(result.detail)
+                else:
+                    sends.append((self.deliveries, result.key, result.value))
+            await send_acknowledged(sends)
+            for detail in letters:
                 self.metrics.dead_letters.labels(self.env, detail["stage"]).inc()
                 log.warning(
                     "dead letter env=%s delivery_id=%s stage=%s reason=%s",
@@ -158,9 +166,6 @@ class EnvironmentPipeline:
                     detail["stage"],
                     detail["reason"],
                 )
-                await self.deadletter.send(key=result.key, value=result.value)
-            else:
-                await self.deliveries.send(key=result.key, value=result.value)
 
     # -- stage 2: deduplication ---------------------------------------------
     async def dedup(self, stream: StreamT) -> None:

@@ -379,3 +379,24 @@ async def test_sandbox_stays_in_sandbox(service: dict[str, Any], client: httpx.A
         idle=1.0,
     )
     assert not any(order in r.key or order.encode() in r.raw for r in production)
+
+
+async def test_dead_letter_carries_a_body_at_the_size_limit(
+    service: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    # Just under the gateway's 1 MiB limit, authentic, of a type hookline does not know.
+    padding = "x" * (1024 * 1024 - 200)
+    body = traffic.dumps(
+        {"event_type": "BULK_EXPORT", "order_id": traffic.unique("ord"), "pad": padding}
+    )
+    assert len(body) < 1024 * 1024
+    delivery_id = await post(client, "partner", body)
+    records = await read_topics(
+        service["bootstrap"],
+        "production.webhooks.deadletter",
+        until=lambda rs: any(r.key == delivery_id for r in rs),
+        idle=0.2,
+    )
+    letter = next(r.value for r in records if r.key == delivery_id)
+    assert letter["envelope"]["body"] == body
+    assert "BULK_EXPORT" in letter["reason"]

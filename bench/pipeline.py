@@ -1,0 +1,457 @@
+"""End-to-end worker throughput: raw records in, ``orders.changes`` records out.
+
+Why a baseline: a Kafka-to-Kafka hop on an embedded broker and two cores has
+a cost of its own that hookline cannot beat. The baseline is that cost: a
+plain aiokafka loop that consumes one topic and produces every record to
+another (acks=all, waiting for each batch's acknowledgements, committing
+every second: what a Faust agent does too) over the same records. The ratio
+``hookline / baseline`` is then the share of bare Kafka throughput that is
+left after hookline's four stages (normalize, dedup, transactions, orders),
+its tables and its extra output topics.
+
+What runs: an embedded broker (Tansu), one ``hookline worker`` (memory
+store, 4 partitions) and, for the baseline, this script again as a
+``--forward`` child process, so both movers are separate processes and the
+producer/consumer measuring them is this process in both cases.
+
+The input is N partner ``ORDER_STATUS_CHANGED`` deliveries for N distinct
+orders, encoded and partitioned exactly as the gateway writes them to
+``production.webhooks.raw``; each yields exactly one
+``production.orders.changes`` record (version 1). The clock runs from the
+first record sent to the N-th record read back.
+
+    .venv/bin/python bench/pipeline.py [--records 10000]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Run as `python bench/pipeline.py`, sys.path[0] is bench/, where bench/gateway.py
+# would shadow the `gateway` package: put the repository first.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import select
+import statistics
+import subprocess
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, replace
+
+import httpx
+from _common import (
+    BENCH,
+    DEV_SOURCES,
+    PAYLOADS,
+    Service,
+    hookline_command,
+    hookline_env,
+    say,
+    table,
+)
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.structs import TopicPartition
+
+from gateway.envelope import new_delivery_id, raw_envelope
+from hookline import topics
+from hookline.sources import load_sources
+from hookline.supervisor import dev_secrets
+from infra.broker import EmbeddedBroker, free_port
+from schemas import codec
+from streams.adapters import ordering_key
+
+ENVIRONMENT = "production"
+PARTITIONS = 4
+BASELINE_IN = "bench.forward.in"
+BASELINE_OUT = "bench.forward.out"
+FORWARDER_GROUP = "bench-forwarder"
+READY_LINE = "forwarder ready"
+PARTITIONER = DefaultPartitioner()
+
+
+@dataclass(frozen=True)
+class RunResult:
+    name: str
+    records: int
+    seconds: float
+    first_seconds: float
+    #: Seconds between the 10% and the 90% output marks: the rate once a burst flows.
+    middle_seconds: float
+    mover_cpu_seconds: float = float("nan")
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds
+
+    @property
+    def steady_rate(self) -> str:
+        """Records/s between the 10% and 90% marks; "-" when that took under 0.1 s,
+        since the reader then sees both marks in one or two fetches."""
+        if self.middle_seconds < 0.1:
+            return "-"
+        return f"{0.8 * self.records / self.middle_seconds:.0f}"
+
+
+@dataclass(frozen=True)
+class RawRecord:
+    """A ``<env>.webhooks.raw`` record as the gateway sends it."""
+
+    key: bytes  # the delivery id
+    value: bytes  # the Avro WebhookEnvelope
+    ordering_key: bytes  # chooses the partition (gateway/publish.py), here the order id
+
+
+def raw_records(count: int, tag: str) -> list[RawRecord]:
+    """``count`` raw records as the gateway writes them, one order id each.
+
+    Distinct orders (and bodies) so deduplication lets every one through and
+    each becomes exactly one state change; encoded up front so the clock
+    measures the pipeline, not this script's encoding.
+    """
+    source = load_sources(DEV_SOURCES, dev_secrets())["partner"]
+    template = json.loads((PAYLOADS / "partner-order-status.json").read_bytes())
+    headers = {"content-type": "application/json", "user-agent": "hookline-bench"}
+    records = []
+    for index in range(count):
+        document = dict(
+            template,
+            order_id=f"{tag}-{index:07d}",
+            transaction_id=f"tr-{tag}-{index:07d}",
+        )
+        body = json.dumps(document).encode()
+        received_at = int(time.time() * 1000)
+        delivery_id = new_delivery_id(received_at)
+        envelope = raw_envelope(source, body, headers, "127.0.0.1", received_at, delivery_id)
+        records.append(
+            RawRecord(
+                delivery_id.encode(),
+                codec.encode(codec.WEBHOOK_ENVELOPE, envelope),
+                ordering_key(source.kind, document).encode(),
+            )
+        )
+    return records
+
+
+async def move(
+    bootstrap: str,
+    records: list[RawRecord],
+    in_topic: str,
+    out_topic: str,
+    key_prefix: bytes,
+    name: str,
+    timeout: float,
+) -> RunResult:
+    """Send ``records`` to ``in_topic``; time until as many keyed outputs are on ``out_topic``.
+
+    The reader is positioned at the end of ``out_topic`` before anything is
+    sent, and counts only keys with ``key_prefix``, so a warm-up or an earlier
+    run is never counted. It reads while the records are still being sent,
+    so the time to the first output (the pipeline's latency under a burst)
+    is measured too.
+    """
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await consumer.start()
+    await producer.start()
+    try:
+        await consumer.topics()  # metadata for every topic, the output one included
+        partitions = consumer.partitions_for_topic(out_topic) or set()
+        if not partitions:
+            raise RuntimeError(f"topic {out_topic} does not exist")
+        assigned = [TopicPartition(out_topic, p) for p in sorted(partitions)]
+        consumer.assign(assigned)
+        await consumer.seek_to_end(*assigned)
+        for tp in assigned:  # resolve the positions now, before the clock starts
+            await consumer.position(tp)
+
+        want = len(records)
+        started = time.perf_counter()
+        marks: dict[str, float] = {}
+
+        async def read() -> float:
+            seen = 0
+            last_report = started
+            while seen < want:
+                batch = await consumer.getmany(timeout_ms=50, max_records=2000)
+                for messages in batch.values():
+                    seen += sum(1 for m in messages if m.key and m.key.startswith(key_prefix))
+                now = time.perf_counter()
+                for mark, share in (("first", 0.0), ("p10", 0.1), ("p90", 0.9)):
+                    if mark not in marks and seen > share * want:
+                        marks[mark] = now
+                if now - last_report >= 2.0:
+                    last_report = now
+                    say(f"    {name}: {seen}/{want} out, {seen / (now - started):.0f}/s so far")
+                if now - started > timeout:
+                    raise TimeoutError(f"{name}: only {seen}/{want} records after {timeout:g}s")
+            return time.perf_counter()
+
+        # Partitioned like the gateway does: Kafka's default hash of the ordering key.
+        in_partitions = sorted(await producer.partitions_for(in_topic))
+        reader = asyncio.create_task(read())
+        sent = [
+            await producer.send(
+                in_topic,
+                value=r.value,
+                key=r.key,
+                partition=PARTITIONER(r.ordering_key, in_partitions, in_partitions),
+            )
+            for r in records
+        ]
+        await asyncio.gather(*sent)
+        done_at = await reader
+        return RunResult(
+            name,
+            want,
+            done_at - started,
+            marks["first"] - started,
+            marks["p90"] - marks["p10"],
+        )
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+async def forward(bootstrap: str) -> None:
+    """The baseline mover (``--forward``): consume, produce, wait for acks, commit.
+
+    Batched like hookline's stages (up to 500 records, then wait for every
+    acknowledgement) and committing every second like Faust, so the only
+    difference left is the work hookline does per record.
+    """
+    consumer = AIOKafkaConsumer(
+        BASELINE_IN,
+        bootstrap_servers=bootstrap,
+        group_id=FORWARDER_GROUP,
+        auto_offset_reset="earliest",
+        enable_auto_commit=True,
+        auto_commit_interval_ms=1000,
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    await consumer.start()
+    await producer.start()
+    announced = False
+    try:
+        while True:
+            batch = await consumer.getmany(timeout_ms=20, max_records=500)
+            if not announced and consumer.assignment():
+                print(READY_LINE, flush=True)
+                announced = True
+            pending = [
+                await producer.send(BASELINE_OUT, value=m.value, key=m.key)
+                for messages in batch.values()
+                for m in messages
+            ]
+            if pending:
+                await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU time of a process so far (Linux /proc; NaN elsewhere).
+
+    Tells whether a mover was CPU-bound (CPU seconds close to wall seconds:
+    one Python process uses one core) or waiting on the broker.
+    """
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def start_forwarder(bootstrap: str, log_path: Path) -> subprocess.Popen[str]:
+    """This script as ``--forward`` child; returns once its consumer has partitions."""
+    process = subprocess.Popen(
+        [sys.executable, str(BENCH / "pipeline.py"), "--forward", "--bootstrap", bootstrap],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=open(log_path, "ab"),  # noqa: SIM115 - the child owns it until it exits
+        text=True,
+        start_new_session=True,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], 60.0)
+    line = process.stdout.readline() if ready else ""  # "" also when it exited
+    if line.strip() != READY_LINE:
+        process.kill()
+        raise RuntimeError(f"forwarder did not start: {log_path.read_text()[-3000:]}")
+    return process
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def worker_state_changes(metrics_url: str) -> int:
+    """The worker's own count of order changes (a cross-check of what was read back)."""
+    text = httpx.get(metrics_url, timeout=5.0).text
+    pattern = r'^hookline_worker_state_changes_total\{environment="production"\} (\S+)$'
+    return int(sum(float(m) for m in re.findall(pattern, text, re.MULTILINE)))
+
+
+async def create_baseline_topics(bootstrap: str) -> None:
+    specs = [topics.TopicSpec(BASELINE_IN), topics.TopicSpec(BASELINE_OUT)]
+    await topics.ensure_topics(bootstrap, specs, PARTITIONS, 1)
+
+
+def run_baseline(
+    bootstrap: str,
+    warmup: list[RawRecord],
+    records: list[RawRecord],
+    runs: int,
+    timeout: float,
+    logs: Path,
+) -> RunResult:
+    """The forwarder's median run: it takes under a second, so one run is noise."""
+    asyncio.run(create_baseline_topics(bootstrap))
+    forwarder = start_forwarder(bootstrap, logs / "forwarder.log")
+    measured: list[RunResult] = []
+    try:
+        say("baseline forwarder ready; warming up")
+        asyncio.run(move(bootstrap, warmup, BASELINE_IN, BASELINE_OUT, b"", "warm-up", 60))
+        for run in range(1, runs + 1):
+            say(f"  baseline run {run}/{runs}: {len(records)} records, {BASELINE_IN} -> out")
+            cpu_before = cpu_seconds(forwarder.pid)
+            result = asyncio.run(
+                move(bootstrap, records, BASELINE_IN, BASELINE_OUT, b"", "baseline", timeout)
+            )
+            result = replace(result, mover_cpu_seconds=cpu_seconds(forwarder.pid) - cpu_before)
+            say(f"  baseline run {run}/{runs}: {result.rate:.0f} records/s ({result.seconds:.2f}s)")
+            measured.append(result)
+    finally:
+        stop_process(forwarder)
+    middle = statistics.median_low(r.seconds for r in measured)
+    return next(r for r in measured if r.seconds == middle)
+
+
+def run_hookline(
+    bootstrap: str,
+    warmup: list[RawRecord],
+    records: list[RawRecord],
+    tag: str,
+    timeout: float,
+    logs: Path,
+) -> RunResult:
+    """One run: the same deliveries again would be (rightly) dropped as duplicates."""
+    raw_topic, changes_topic = topics.raw(ENVIRONMENT), topics.orders_changes(ENVIRONMENT)
+    web_port = free_port()
+    data_dir = logs / "data"
+    worker = Service(
+        "hookline worker",
+        hookline_command("worker", "--web-port", str(web_port)),
+        hookline_env(
+            bootstrap,
+            HOOKLINE_STORE="memory",
+            HOOKLINE_PARTITIONS=str(PARTITIONS),
+            HOOKLINE_DATA_DIR=str(data_dir),
+        ),
+        logs / "worker.log",
+    )
+    with worker:
+        took = worker.wait_http(f"http://127.0.0.1:{web_port}/readyz", timeout=120)
+        say(f"hookline worker ready in {took:.1f}s; warming up")
+        warm_prefix = f"warm-{tag}".encode()
+        asyncio.run(move(bootstrap, warmup, raw_topic, changes_topic, warm_prefix, "warm-up", 60))
+        say(f"  hookline: {len(records)} records {raw_topic} -> {changes_topic}")
+        worker_pid = worker.process.pid if worker.process else None
+        cpu_before = cpu_seconds(worker_pid)
+        bench_prefix = f"bench-{tag}".encode()
+        result = asyncio.run(
+            move(bootstrap, records, raw_topic, changes_topic, bench_prefix, "hookline", timeout)
+        )
+        result = replace(result, mover_cpu_seconds=cpu_seconds(worker_pid) - cpu_before)
+        say(f"  hookline: {result.rate:.0f} records/s ({result.seconds:.1f}s)")
+        changes = worker_state_changes(f"http://127.0.0.1:{web_port}/metrics")
+        say(f"worker counted {changes} state changes (sent {len(warmup) + len(records)})")
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--records", type=int, default=10000, help="records per measured run")
+    parser.add_argument("--warmup", type=int, default=200, help="unmeasured records per mover")
+    parser.add_argument("--baseline-runs", type=int, default=3, help="baseline runs (median)")
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds allowed per run")
+    parser.add_argument("--forward", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.forward:
+        asyncio.run(forward(args.bootstrap))
+        return 0
+
+    tag = uuid.uuid4().hex[:8]
+    say(f"encoding {args.warmup} + {args.records} raw envelopes...")
+    warmup = raw_records(args.warmup, f"warm-{tag}")
+    records = raw_records(args.records, f"bench-{tag}")
+
+    with tempfile.TemporaryDirectory(prefix="hookline-bench-") as tmp:
+        logs = Path(tmp)
+        say(f"pipeline benchmark; logs in {logs}")
+        with EmbeddedBroker(log_path=logs / "broker.log") as broker:
+            say(f"broker up at {broker.bootstrap_servers}")
+            baseline = run_baseline(
+                broker.bootstrap_servers, warmup, records, args.baseline_runs, args.timeout, logs
+            )
+            hookline = run_hookline(
+                broker.bootstrap_servers, warmup, records, tag, args.timeout, logs
+            )
+
+    print()
+    print(
+        f"pipeline: {args.records} partner ORDER_STATUS_CHANGED deliveries, {PARTITIONS} "
+        f"partitions, one worker; baseline = median of {args.baseline_runs} runs "
+        "(ratio = records/s relative to the baseline)"
+    )
+    rows = [
+        [
+            r.name,
+            str(r.records),
+            f"{r.seconds:.2f}",
+            f"{r.rate:.0f}",
+            f"{r.rate / baseline.rate:.3f}",
+            r.steady_rate,
+            f"{1000 * r.first_seconds:.0f}",
+            f"{1000 * r.mover_cpu_seconds / r.records:.2f}",
+        ]
+        for r in (baseline, hookline)
+    ]
+    headers = [
+        "mover",
+        "records",
+        "seconds",
+        "records/s",
+        "ratio",
+        "10-90% rec/s",
+        "first out ms",
+        "CPU ms/rec",
+    ]
+    print(table(headers, rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,66 @@
+"""Follow order state from hookline, idempotently (see docs/consumers.md).
+
+    KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:9092 python docs/consumer_example.py
+
+Reads ``production.orders.changes`` from the beginning and keeps, per order,
+the highest version applied. A record whose version is not higher than the
+one already applied is a redelivery (at-least-once) and is skipped, so the
+consumer can crash and restart anywhere without applying anything twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from schemas import codec
+
+
+class OrderView:
+    """What a downstream service keeps: the latest applied state per order."""
+
+    def __init__(self) -> None:
+        self.orders: dict[str, dict[str, Any]] = {}
+
+    def apply(self, change: dict[str, Any]) -> bool:
+        """Apply one OrderChange; False when it is a redelivery."""
+        current = self.orders.get(change["order_id"])
+        if current is not None and change["version"] <= current["version"]:
+            return False
+        self.orders[change["order_id"]] = change["after"]
+        return True
+
+
+async def follow(bootstrap: str, topic: str = "production.orders.changes") -> None:
+    view = OrderView()
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id="order-view-example",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        async for message in consumer:
+            name, change = codec.decode(message.value)
+            if name != codec.ORDER_CHANGE:
+                continue  # a newer record type this consumer does not know
+            if view.apply(change):
+                after = change["after"]
+                print(
+                    f"{change['order_id']} v{change['version']}: "
+                    f"order={after['order_status']} payment={after['payment_status']} "
+                    f"({', '.join(change['changed_fields'])})"
+                )
+            # Commit after applying: a crash in between means a redelivery, which apply() skips.
+            await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(follow(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")))
