@@ -25,7 +25,7 @@ from hookline.supervisor import dev_secrets
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 #: The provider example bodies (PRODUCT.md's payloads/), byte for byte.
-PAYLOADS = REPO.parent / "shared" / "spec" / "payloads"
+PAYLOADS = REPO / "tests" / "fixtures" / "payloads"
 DEV_SOURCES = REPO / "infra" / "sources.dev.toml"
 
 

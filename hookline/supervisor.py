@@ -99,7 +99,7 @@ def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) ->
         "  try:  curl -s -X POST 'http://127.0.0.1:"
         f"{gateway_port}/webhooks/partner?token=dev-partner-token' "
         "-H 'content-type: application/json' "
-        "--data @../shared/spec/payloads/partner-order-status.json\n"
+        "--data @tests/fixtures/payloads/partner-order-status.json\n"
         "  Ctrl-C stops everything.\n",
         file=sys.stderr,
         flush=True,

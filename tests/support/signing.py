@@ -14,12 +14,12 @@ import jwt
 
 from hookline.supervisor import dev_secrets
 
-PAYLOADS = Path(__file__).resolve().parents[3] / "shared" / "spec" / "payloads"
+PAYLOADS = Path(__file__).resolve().parents[1] / "fixtures" / "payloads"
 DEV = dev_secrets()
 
 
 def payload(name: str) -> bytes:
-    """An example body from ../shared/spec/payloads, byte for byte."""
+    """An example body (tests/fixtures/payloads, a copy of the spec's), byte for byte."""
     return (PAYLOADS / name).read_bytes()
 
 

@@ -1,4 +1,4 @@
-"""Provider bodies shaped like ../shared/spec/payloads, for any ids, and raw records.
+"""Provider bodies shaped like the spec's examples (tests/fixtures/payloads), for any ids.
 
 Bodies are built from the example files so a change there shows up here.
 """

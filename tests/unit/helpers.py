@@ -17,7 +17,7 @@ from streams.events import (
 )
 
 MAIN = Path(__file__).resolve().parents[2]
-PAYLOADS = MAIN.parent / "shared" / "spec" / "payloads"
+PAYLOADS = MAIN / "tests" / "fixtures" / "payloads"
 SCHEMAS = MAIN / "schemas"
 INFRA = MAIN / "infra"
 
@@ -28,7 +28,7 @@ RETENTION = 30 * 24 * 3600 * 1000
 
 
 def payload_bytes(name: str) -> bytes:
-    """An example body from ../shared/spec/payloads, byte for byte."""
+    """An example body (tests/fixtures/payloads, a copy of the spec's), byte for byte."""
     return (PAYLOADS / name).read_bytes()
 
 
