@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 RECONNECT_DELAY_S = 1.0
 READY_CACHE_S = 1.0
+#: Sends per publish (all within the publish timeout).
+PUBLISH_ATTEMPTS = 2
 #: Kafka's default (murmur2) partitioning, applied to the ordering key.
 _PARTITIONER = DefaultPartitioner()
 
@@ -136,11 +138,20 @@ class Publisher:
             raise Unavailable("not connected to Kafka")
         try:
             async with asyncio.timeout(self.timeout_s):
-                if not self._topics_checked:
-                    await self._recheck_topics(producer)
-                partitions = sorted(await producer.partitions_for(topic))
-                partition = _PARTITIONER(ordering_key, partitions, partitions)
-                await producer.send_and_wait(topic, value, key=key, partition=partition)
+                for attempt in range(PUBLISH_ATTEMPTS):
+                    if not self._topics_checked:
+                        await self._recheck_topics(producer)
+                    partitions = sorted(await producer.partitions_for(topic))
+                    partition = _PARTITIONER(ordering_key, partitions, partitions)
+                    try:
+                        await producer.send_and_wait(topic, value, key=key, partition=partition)
+                        return
+                    except KafkaError:
+                        # Stale metadata (a topic re-created with other
+                        # partitions, a moved leader): look again, then retry.
+                        self._topics_checked = False
+                        if attempt + 1 == PUBLISH_ATTEMPTS:
+                            raise
         except TimeoutError:
             self._topics_checked = False
             raise Unavailable(f"no acknowledgement within {self.timeout_s:g}s") from None

@@ -51,6 +51,7 @@ def create_app(
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         producer_acks=-1,
         table_standby_replicas=0,
+        recovery_consistency_check=settings.recovery_consistency_check,
         stream_wait_empty=True,
         web_enabled=True,
         web_port=web_port,
