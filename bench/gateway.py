@@ -48,7 +48,7 @@ import httpx
 from _common import (
     BENCH,
     PAYLOADS,
-    Service,
+    REPO,
     hookline_command,
     hookline_env,
     percentile,
@@ -58,6 +58,7 @@ from _common import (
 
 from hookline.supervisor import dev_secrets
 from infra.broker import EmbeddedBroker, free_port
+from infra.processes import ServiceProcess
 
 
 @dataclass(frozen=True)
@@ -290,23 +291,25 @@ def main() -> int:
         with EmbeddedBroker(log_path=logs / "broker.log") as broker:
             say(f"broker up at {broker.bootstrap_servers}")
             gw_port, base_port = free_port(), free_port()
-            gateway = Service(
+            gateway = ServiceProcess(
                 "hookline gateway",
                 hookline_command("gateway", "--port", str(gw_port)),
                 hookline_env(broker.bootstrap_servers),
                 logs / "gateway.log",
+                cwd=REPO,
             )
-            baseline = Service(
+            baseline = ServiceProcess(
                 "baseline",
                 [sys.executable, str(BENCH / "_baseline_app.py"), "--port", str(base_port)],
                 hookline_env(broker.bootstrap_servers),
                 logs / "baseline.log",
+                cwd=REPO,
             )
             with gateway, baseline:
                 # /readyz: the gateway answers 200 only once its Kafka producer is up.
-                took = gateway.wait_http(f"http://127.0.0.1:{gw_port}/readyz", timeout=60)
+                took = gateway.wait_ready(60, url=f"http://127.0.0.1:{gw_port}/readyz")
                 say(f"hookline gateway ready in {took:.1f}s on port {gw_port}")
-                baseline.wait_http(f"http://127.0.0.1:{base_port}/healthz", timeout=60)
+                baseline.wait_ready(60, url=f"http://127.0.0.1:{base_port}/healthz")
                 say(f"baseline ready on port {base_port}")
                 servers = {
                     "baseline": f"http://127.0.0.1:{base_port}",

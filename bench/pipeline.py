@@ -50,7 +50,7 @@ from _common import (
     BENCH,
     DEV_SOURCES,
     PAYLOADS,
-    Service,
+    REPO,
     hookline_command,
     hookline_env,
     say,
@@ -65,6 +65,7 @@ from hookline import topics
 from hookline.sources import load_sources
 from hookline.supervisor import dev_secrets
 from infra.broker import EmbeddedBroker, free_port
+from infra.processes import ServiceProcess
 from schemas import codec
 from streams.adapters import ordering_key
 
@@ -358,7 +359,7 @@ def run_hookline(
     raw_topic, changes_topic = topics.raw(ENVIRONMENT), topics.orders_changes(ENVIRONMENT)
     web_port = free_port()
     data_dir = logs / "data"
-    worker = Service(
+    worker = ServiceProcess(
         "hookline worker",
         hookline_command("worker", "--web-port", str(web_port)),
         hookline_env(
@@ -368,9 +369,10 @@ def run_hookline(
             HOOKLINE_DATA_DIR=str(data_dir),
         ),
         logs / "worker.log",
+        cwd=REPO,
     )
     with worker:
-        took = worker.wait_http(f"http://127.0.0.1:{web_port}/readyz", timeout=120)
+        took = worker.wait_ready(120, url=f"http://127.0.0.1:{web_port}/readyz")
         say(f"hookline worker ready in {took:.1f}s; warming up")
         warm_prefix = f"warm-{tag}".encode()
         asyncio.run(move(bootstrap, warmup, raw_topic, changes_topic, warm_prefix, "warm-up", 60))

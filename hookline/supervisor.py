@@ -50,19 +50,9 @@ def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[
     return process
 
 
-def _stop(process: subprocess.Popen[bytes], timeout: float) -> None:
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) -> int:
     from infra.broker import EmbeddedBroker
+    from infra.processes import stop_process
 
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
@@ -123,8 +113,8 @@ def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) ->
             time.sleep(0.2)
     finally:
         print("hookline: stopping gateway, worker, broker...", file=sys.stderr, flush=True)
-        _stop(gateway, timeout=15)
-        _stop(worker, timeout=30)
+        stop_process(gateway, timeout=15)
+        stop_process(worker, timeout=30)
         if broker is not None:
             broker.stop()
         print("hookline: stopped", file=sys.stderr, flush=True)

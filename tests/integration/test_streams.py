@@ -15,19 +15,12 @@ import httpx
 import pytest
 
 from hookline.settings import DEV_SOURCES
+from streams.order_state import STATE_FIELDS
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
 from tests.support.broker import TestBroker
 from tests.support.kafka import Record, latest_by_key, read_topics
 from tests.support.signing import DEV, hmac_signature, payments_body
-
-STATE_FIELDS = (
-    "transaction_id",
-    "order_status",
-    "payment_status",
-    "confirmation_pdf_url",
-    "vignette_id",
-)
 
 
 @pytest.fixture(scope="module")
