@@ -14,6 +14,7 @@ import jwt
 import pytest
 
 from gateway.verify import Incoming, VerificationFailed, Verifier, verifier_for
+from tests.support.signing import standard_webhooks_headers
 from tests.unit.helpers import payload, payload_bytes, source
 
 TOKEN = "partner-token-0123456789abcdef"
@@ -284,14 +285,7 @@ def test_jwt_malformed_token(token: str) -> None:
 def std_headers(
     body: bytes, secret: str = WHSEC, msg_id: str = "msg_1", timestamp: int | None = None
 ) -> dict[str, str]:
-    ts = int(time.time()) if timestamp is None else timestamp
-    key = base64.b64decode(secret.removeprefix("whsec_"))
-    mac = hmac.new(key, f"{msg_id}.{ts}.".encode() + body, hashlib.sha256).digest()
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(ts),
-        "webhook-signature": "v1," + base64.b64encode(mac).decode(),
-    }
+    return standard_webhooks_headers(body, secret, msg_id, timestamp)
 
 
 BODY = payload_bytes("envelope-refund.json")
