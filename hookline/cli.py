@@ -73,7 +73,7 @@ def cmd_broker(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         while not stop["signal"]:
-            if broker._process is not None and broker._process.poll() is not None:
+            if not broker.alive():
                 print("hookline: broker exited unexpectedly", file=sys.stderr)
                 return 1
             time.sleep(0.2)
@@ -88,7 +88,8 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     from gateway.app import create_app
 
     settings = _settings()
-    settings.require_bootstrap() if settings.bootstrap_servers else _missing_bootstrap()
+    if not settings.bootstrap_servers:
+        _missing_bootstrap()
     _check_sources(settings, with_secrets=True)
     app = create_app(settings)
     uvicorn.run(

@@ -102,11 +102,7 @@ def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) ->
                     print(f"hookline: {name} exited with {process.returncode}", file=sys.stderr)
                     code = process.returncode or 1
                     stopping.set()
-            if (
-                broker is not None
-                and broker._process is not None
-                and broker._process.poll() is not None
-            ):
+            if broker is not None and not broker.alive():
                 print("hookline: embedded broker exited", file=sys.stderr)
                 code = 1
                 stopping.set()

@@ -110,6 +110,9 @@ class EmbeddedBroker:
         process, self._process = self._process, None
         stop_process(process, timeout)
 
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
     def pause(self) -> None:
         """Freeze the broker (SIGSTOP): connections stay open, nothing is answered."""
         if self._process:

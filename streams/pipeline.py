@@ -90,14 +90,15 @@ class EnvironmentPipeline:
         self.metrics = metrics
         env = environment
 
+        # Written by the gateway, which may have created it with another count.
         self.raw = self._topic(topics.raw(env), partitions=None)
-        self.deliveries = self._topic(topics.deliveries(env))
-        self.transaction_facts = self._topic(topics.transaction_facts(env))
-        self.order_inputs = self._topic(topics.order_inputs(env))
-        self.events = self._topic(topics.events(env))
-        self.deadletter = self._topic(topics.deadletter(env))
-        self.orders_state = self._topic(topics.orders_state(env))
-        self.orders_changes = self._topic(topics.orders_changes(env))
+        self.deliveries = self._topic(topics.deliveries(env), self.config.partitions)
+        self.transaction_facts = self._topic(topics.transaction_facts(env), self.config.partitions)
+        self.order_inputs = self._topic(topics.order_inputs(env), self.config.partitions)
+        self.events = self._topic(topics.events(env), self.config.partitions)
+        self.deadletter = self._topic(topics.deadletter(env), self.config.partitions)
+        self.orders_state = self._topic(topics.orders_state(env), self.config.partitions)
+        self.orders_changes = self._topic(topics.orders_changes(env), self.config.partitions)
 
         self.dedup_store = self._table("dedup", codec.DEDUP_ENTRY)
         self.transaction_store = self._table("transactions", codec.TRANSACTION_RECORD)
@@ -108,10 +109,10 @@ class EnvironmentPipeline:
         app.agent(self.transaction_facts, name=f"{env}.transactions")(self.transactions)
         app.agent(self.order_inputs, name=f"{env}.orders")(self.orders)
 
-    def _topic(self, name: str, partitions: int | None = -1) -> TopicT:
+    def _topic(self, name: str, partitions: int | None = None) -> TopicT:
         return self.app.topic(
             name,
-            partitions=self.config.partitions if partitions == -1 else partitions,
+            partitions=partitions,
             key_type=bytes,
             value_type=bytes,
             key_serializer="raw",
