@@ -11,10 +11,17 @@ import os
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-import httpx
+
+def _answers_200(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 (loopback)
+            return bool(response.status == 200)
+    except (OSError, ValueError):  # refused, HTTP errors (URLError/HTTPError), timeouts
+        return False
 
 
 def stop_process(process: subprocess.Popen[bytes] | None, timeout: float) -> int | None:
@@ -85,11 +92,8 @@ class ServiceProcess:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}:\n{self.tail()}"
                 )
-            try:
-                if httpx.get(url, timeout=1.0).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.HTTPError:
-                pass
+            if _answers_200(url):
+                return time.monotonic() - started
             time.sleep(0.2)
         self.kill()
         raise RuntimeError(f"{self.name}: {url} not ready after {timeout:g}s:\n{self.tail()}")
