@@ -8,6 +8,7 @@ Every assumption about this provider's payload lives in this file.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -37,9 +38,20 @@ def envelope_problem(document: dict[str, Any]) -> str | None:
 
 
 def claims(document: dict[str, Any]) -> dict[str, Any]:
+    """The token's claims (read-only: shared between the calls for one delivery)."""
+    token = document.get("token")
+    if not isinstance(token, str):
+        raise Unmappable("unreadable JWT: no token")
+    return _decode(token)
+
+
+@functools.lru_cache(maxsize=256)
+def _decode(token: str) -> dict[str, Any]:
+    # dedup_key, ordering_key and to_events all need the claims of the same
+    # token, so a delivery's JWT is decoded once instead of three times.
     try:
-        decoded = jwt.decode(document["token"], options={"verify_signature": False})
-    except (jwt.PyJWTError, KeyError, TypeError) as exc:
+        decoded = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError as exc:
         raise Unmappable(f"unreadable JWT: {type(exc).__name__}") from None
     if not isinstance(decoded, dict):
         raise Unmappable("JWT claims are not an object")
