@@ -105,6 +105,14 @@ async def settle(
     return states, changes
 
 
+async def first_record(service: dict[str, Any], topic: str, key: str) -> dict[str, Any]:
+    """The first record with this key on the topic (waiting for it to arrive)."""
+    records = await read_topics(
+        service["bootstrap"], topic, until=lambda rs: any(r.key == key for r in rs), idle=0.2
+    )
+    return next(r.value for r in records if r.key == key)
+
+
 def versions(changes: list[Record], order_id: str) -> list[int]:
     return sorted(r.value["version"] for r in changes if r.key == order_id)
 
@@ -173,14 +181,7 @@ async def test_vignette_sales_success_rows_and_failure(
         ),
     }
     await settle(service, expected)
-    events = await read_topics(
-        service["bootstrap"],
-        "production.webhooks.events",
-        until=lambda rs: any(r.key == failed_sale for r in rs),
-        timeout=30,
-        idle=0.2,
-    )
-    failure = next(r.value for r in events if r.key == failed_sale)
+    failure = await first_record(service, "production.webhooks.events", failed_sale)
     assert failure["payment_status"] == "FAILED"
     assert failure["error"] == {
         "code": "VEHICLE_NOT_FOUND",
@@ -234,13 +235,7 @@ async def test_envelope_refund_and_informational_events(
         ),
     )
     await settle(service, {order: state(order_status="REFUNDED")})
-    events = await read_topics(
-        service["bootstrap"],
-        "production.webhooks.events",
-        until=lambda rs: any(r.key == subscription for r in rs),
-        idle=0.2,
-    )
-    info = next(r.value for r in events if r.key == subscription)
+    info = await first_record(service, "production.webhooks.events", subscription)
     assert info["type"] == "envelope.subscription_user_create"
     assert info["entity_type"] == "subscription"
     assert info["order_id"] is None
@@ -345,13 +340,7 @@ async def test_unknown_event_type_is_dead_lettered(
     marker = traffic.unique("ord")
     body = traffic.dumps({"event_type": "REFUND_REQUESTED", "order_id": marker})
     delivery_id = await post(client, "partner", body)
-    records = await read_topics(
-        service["bootstrap"],
-        "production.webhooks.deadletter",
-        until=lambda rs: any(r.key == delivery_id for r in rs),
-        idle=0.2,
-    )
-    letter = next(r.value for r in records if r.key == delivery_id)
+    letter = await first_record(service, "production.webhooks.deadletter", delivery_id)
     assert letter["stage"] == "normalize"
     assert "REFUND_REQUESTED" in letter["reason"]
     assert letter["envelope"]["body"] == body
@@ -384,12 +373,6 @@ async def test_dead_letter_carries_a_body_at_the_size_limit(
     )
     assert len(body) < 1024 * 1024
     delivery_id = await post(client, "partner", body)
-    records = await read_topics(
-        service["bootstrap"],
-        "production.webhooks.deadletter",
-        until=lambda rs: any(r.key == delivery_id for r in rs),
-        idle=0.2,
-    )
-    letter = next(r.value for r in records if r.key == delivery_id)
+    letter = await first_record(service, "production.webhooks.deadletter", delivery_id)
     assert letter["envelope"]["body"] == body
     assert "BULK_EXPORT" in letter["reason"]
