@@ -31,9 +31,23 @@ DEFAULT_DEDUP_WINDOW_MS = 7 * 24 * 3600 * 1000
 MAX_SECRETS = 2
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_FIELD_PATH = re.compile(r"^[A-Za-z0-9_$@-]{1,64}(\.[A-Za-z0-9_$@-]{1,64}){0,7}$")
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
-_KEYS = {"kind", "environment", "verify", "secret_env", "allow_ips", "dedup_window"}
+_KEYS = {
+    "kind",
+    "environment",
+    "verify",
+    "secret_env",
+    "allow_ips",
+    "dedup_window",
+    "dedup_ignore",
+    "retry_horizon",
+}
+#: Field paths a provider may change on each retry: at most this many, this long.
+MAX_IGNORED_FIELDS = 32
+#: How long a provider keeps retrying one signed notification (payments: 72 h).
+DEFAULT_RETRY_HORIZON_MS = 7 * 24 * 3600 * 1000
 
 
 class SourcesError(ValueError):
@@ -58,6 +72,11 @@ class Source:
     secret_env: tuple[str, ...] = ()
     allow_ips: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     dedup_window_ms: int = DEFAULT_DEDUP_WINDOW_MS
+    #: Dotted paths into the body ("meta.sent_at") left out of the dedup key:
+    #: fields the provider changes on every retry of the same notification.
+    dedup_ignore: tuple[str, ...] = ()
+    #: How long after a signed token's ``exp`` an authentic retry is still accepted.
+    retry_horizon_ms: int = DEFAULT_RETRY_HORIZON_MS
 
     def ip_allowed(self, host: str | None) -> bool:
         if not self.allow_ips:
@@ -126,16 +145,16 @@ def _source(
         allow_ips = tuple(ipaddress.ip_network(c, strict=False) for c in cidrs)
     except ValueError as exc:
         raise SourcesError(f"{where}: allow_ips: {exc}") from None
-    window = DEFAULT_DEDUP_WINDOW_MS
-    if "dedup_window" in table:
-        try:
-            if not isinstance(table["dedup_window"], str):
-                raise ValueError("must be a string such as '7d' or '72h'")
-            window = parse_duration_ms(table["dedup_window"])
-        except ValueError as exc:
-            raise SourcesError(f"{where}: dedup_window: {exc}") from None
-        if window <= 0:
-            raise SourcesError(f"{where}: dedup_window must be longer than zero")
+    window = _duration(table, "dedup_window", DEFAULT_DEDUP_WINDOW_MS, where)
+    horizon = _duration(table, "retry_horizon", DEFAULT_RETRY_HORIZON_MS, where)
+    ignore = table.get("dedup_ignore", ())
+    if not _strings(ignore) or not all(_FIELD_PATH.match(path) for path in ignore):
+        raise SourcesError(
+            f"{where}: dedup_ignore must be a list of field paths such as \"sent_at\" or "
+            "\"meta.attempt\""
+        )
+    if len(ignore) > MAX_IGNORED_FIELDS:
+        raise SourcesError(f"{where}: dedup_ignore names more than {MAX_IGNORED_FIELDS} fields")
 
     return Source(
         name=name,
@@ -146,7 +165,23 @@ def _source(
         secret_env=names,
         allow_ips=allow_ips,
         dedup_window_ms=window,
+        dedup_ignore=tuple(ignore),
+        retry_horizon_ms=horizon,
     )
+
+
+def _duration(table: Mapping[str, Any], key: str, default: int, where: str) -> int:
+    if key not in table:
+        return default
+    try:
+        if not isinstance(table[key], str):
+            raise ValueError("must be a string such as '7d' or '72h'")
+        value = parse_duration_ms(table[key])
+    except ValueError as exc:
+        raise SourcesError(f"{where}: {key}: {exc}") from None
+    if value <= 0:
+        raise SourcesError(f"{where}: {key} must be longer than zero")
+    return value
 
 
 def _strings(value: Any) -> bool:
