@@ -7,9 +7,11 @@ the writer schema among the ``.avsc`` files in this folder, so a topic can
 evolve (or carry more than one record type) without a schema registry.
 
 Internally timestamps stay ``int`` milliseconds: records are decoded with a
-copy of the writer schema whose ``logicalType`` annotations are removed. That
-changes neither the bytes nor the fingerprint (the canonical form ignores
-logical types); external readers using the ``.avsc`` files get datetimes.
+copy of the writer schema whose timestamp ``logicalType`` annotations are
+removed. That changes neither the bytes nor the fingerprint (the canonical
+form ignores logical types); external readers using the ``.avsc`` files get
+datetimes. Money keeps its ``decimal`` logical type everywhere, so it is a
+:class:`decimal.Decimal` in Python and never passes through a float.
 """
 
 from __future__ import annotations
@@ -47,12 +49,13 @@ class Schema:
 
 
 def _strip_logical(node: Any) -> Any:
-    """A plain copy without logical types (and without fastavro's private keys)."""
+    """A plain copy without timestamp logical types (and without fastavro's private keys)."""
     if isinstance(node, dict):
+        strip = node.get("logicalType") != "decimal"
         return {
             k: _strip_logical(v)
             for k, v in node.items()
-            if k != "logicalType" and not k.startswith("__")
+            if not (k == "logicalType" and strip) and not k.startswith("__")
         }
     if isinstance(node, list):
         return [_strip_logical(v) for v in node]
