@@ -60,7 +60,7 @@ def create_app(
     )
     config = PipelineConfig(
         partitions=settings.partitions,
-        join_retention_ms=int(settings.join_retention_days * DAY_MS),
+        join_retention_ms=int(settings.effective_join_retention_days * DAY_MS),
         order_retention_ms=int(settings.order_retention_days * DAY_MS),
         max_json_depth=settings.max_json_depth,
     )

@@ -8,6 +8,7 @@ the stages downstream only ever read these fields, never provider JSON.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 CanonicalEvent = dict[str, Any]
@@ -18,6 +19,8 @@ PAYMENT_STATUSES = ("PENDING", "SUCCEEDED", "FAILED", "CANCELED", "EXPIRED")
 ORDER_STATUS_CHANGED = "order.status_changed"
 ORDER_CONFIRMATION_RECEIVED = "order.confirmation_received"
 ORDER_REFUNDED = "order.refunded"
+#: An order's price as a checkout lists it (partner ``orders[].amount``).
+ORDER_PRICED = "order.priced"
 TRANSACTION_STATUS_CHANGED = "transaction.status_changed"
 
 
@@ -49,6 +52,8 @@ def new_event(
     confirmation_pdf_url: str | None = None,
     vignette_id: str | None = None,
     error: dict[str, str | None] | None = None,
+    amount: Decimal | None = None,
+    currency: str | None = None,
 ) -> CanonicalEvent:
     return {
         # Derived from the delivery id, so reprocessing yields the same id.
@@ -71,6 +76,8 @@ def new_event(
         "confirmation_pdf_url": confirmation_pdf_url,
         "vignette_id": vignette_id,
         "error": error,
+        "amount": amount,
+        "currency": currency,
     }
 
 
@@ -83,4 +90,5 @@ def cause_of(event: CanonicalEvent) -> dict[str, Any]:
         "kind": event["kind"],
         "type": event["type"],
         "received_at": event["received_at"],
+        "provider_event_type": event["provider_event_type"],
     }

@@ -78,15 +78,24 @@ class StreamTime:
 class Expiry:
     """Sweeps one table; hook it to the table's batches and recoveries."""
 
-    def __init__(self, table: TableT, decode: Callable[[bytes], dict[str, Any]]) -> None:
+    def __init__(
+        self,
+        table: TableT,
+        decode: Callable[[bytes], dict[str, Any]],
+        on_expired: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    ) -> None:
         self.table = table
         self.decode = decode
+        #: What an expired value becomes (None: it is deleted). A replacement
+        #: with ``expires_at`` 0 never expires again.
+        self.on_expired = on_expired
         self.index = ExpiryIndex()
         self.deleted = 0
         table.on_recover(self.rebuild)
 
     def noted(self, event: EventT, key: bytes, value: dict[str, Any]) -> None:
-        self.index.note(event.message.partition, key, value["expires_at"])
+        if value["expires_at"] > 0:
+            self.index.note(event.message.partition, key, value["expires_at"])
 
     def sweep(self, batch: Batch, stream_time: StreamTime) -> int:
         """Delete the due keys of every partition the batch touched."""
@@ -96,8 +105,11 @@ class Expiry:
                 value = batch.get(event, key)
                 if value is None:
                     continue
-                if value["expires_at"] <= now:
-                    batch.delete(event, key)
+                if 0 < value["expires_at"] <= now:
+                    if self.on_expired is None:
+                        batch.delete(event, key)
+                    else:
+                        batch.put(event, key, self.on_expired(value))
                     deleted += 1
                 else:  # extended since it was indexed: look again then
                     self.index.note(partition, key, value["expires_at"])
@@ -109,7 +121,9 @@ class Expiry:
         active = _active_partitions(self.table)
         self.index.keep_only(active)
         for partition, key, raw in _local_items(self.table, active):
-            self.index.note(partition, key, self.decode(raw)["expires_at"])
+            expires_at = self.decode(raw)["expires_at"]
+            if expires_at > 0:
+                self.index.note(partition, key, expires_at)
 
 
 def _active_partitions(table: TableT) -> set[int]:

@@ -1,17 +1,20 @@
-"""The transaction side of the join (stage 3), as pure functions.
+"""The transaction side of the join (the transactions stage), as pure functions.
 
 Design after Kafka Streams' foreign-key join (KIP-213): table ``transactions``
 is keyed by transaction id and co-partitioned with its input topic. It holds
-the transaction's payment status and the ids of every order known to belong
-to it ("subscriptions": from a checkout's order list, a sale's rows, or an
-order event naming its transaction). Whichever side arrives first waits here
-or in table ``orders``:
+the transaction's payment status and its member orders ("subscriptions":
+from a checkout's order list, a sale's rows, or an order event naming its
+transaction), each with the stamp of the first fact that linked it.
+Whichever side arrives first waits here or in table ``orders``:
 
 - a status change fans out one ``TransactionUpdate`` to every member order;
 - a newly joined order gets the current status at once.
 
-Updates carry the transaction's version, so an order applies each at most
-once and never goes back to an older status, whatever the delivery order.
+An update carries the status with the stamp (arrival time, event id) of the
+fact that set it, and the cause naming that fact's delivery. Orders apply the
+payment rules to the stamps themselves, so they never depend on this
+record's history: when the record expires (after the join retention) and a
+status comes back later, it is applied like any other.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from typing import Any
 
 from streams.events import CanonicalEvent, cause_of
 from streams.state_rules import Verdict, payment_status_verdict
+
+#: Members one transaction keeps (a checkout lists at most 1000 orders).
+MAX_MEMBERS = 1000
 
 
 @dataclass
@@ -39,9 +45,24 @@ def new_transaction(transaction_id: str) -> dict[str, Any]:
         "status_event_id": "",
         "version": 0,
         "order_ids": [],
+        "members": [],
         "status_cause": None,
         "expires_at": 0,
     }
+
+
+def _working_copy(record: dict[str, Any] | None, transaction_id: str, now: int) -> dict[str, Any]:
+    if record is None or record["expires_at"] <= now:
+        return new_transaction(transaction_id)
+    members = [dict(member) for member in record["members"]]
+    if record["order_ids"]:  # release 1: members without stamps
+        known = {member["order_id"] for member in members}
+        members += [
+            {"order_id": order_id, "claimed_received_at": 0, "claimed_event_id": ""}
+            for order_id in record["order_ids"]
+            if order_id not in known
+        ]
+    return dict(record, members=members, order_ids=[])
 
 
 def apply_to_transaction(
@@ -49,53 +70,76 @@ def apply_to_transaction(
 ) -> TransactionResult:
     """Apply one canonical event (a status, a membership, or both)."""
     transaction_id = event["transaction_id"]
-    original = record
-    if record is None or record["expires_at"] <= event["received_at"]:
-        record = new_transaction(transaction_id)
-    else:
-        record = dict(record, order_ids=list(record["order_ids"]))
-    result = TransactionResult(record)
+    work = _working_copy(record, transaction_id, event["received_at"])
+    result = TransactionResult(work)
+    stamp = (event["received_at"], event["event_id"])
 
     status_changed = False
     if event["entity_type"] == "transaction" and event["payment_status"]:
-        stamp = (event["received_at"], event["event_id"])
-        current = record["payment_status"]
-        current_stamp = (record["status_received_at"], record["status_event_id"])
+        current = work["payment_status"]
+        current_stamp = (work["status_received_at"], work["status_event_id"])
         verdict = payment_status_verdict(current, current_stamp, event["payment_status"], stamp)
         if verdict is Verdict.APPLY:
-            record["payment_status"] = event["payment_status"]
-            record["version"] += 1
-            record["status_cause"] = cause_of(event)
+            work["payment_status"] = event["payment_status"]
+            work["version"] += 1
+            work["status_cause"] = cause_of(event)
             status_changed = True
         elif verdict is Verdict.REJECT:
             result.rejected = (current, event["payment_status"])
         # The stamp is the arrival of the status now held: taken on every
         # change, and moved on by a later repeat of the same status.
         if verdict is Verdict.APPLY or (verdict is Verdict.SAME and stamp > current_stamp):
-            record["status_received_at"], record["status_event_id"] = stamp
+            work["status_received_at"], work["status_event_id"] = stamp
 
-    members = event["order_ids"] if event["entity_type"] == "transaction" else [event["order_id"]]
-    joined = [order_id for order_id in members if order_id and order_id not in record["order_ids"]]
-    record["order_ids"].extend(joined)
+    named = event["order_ids"] if event["entity_type"] == "transaction" else [event["order_id"]]
+    restamped = _join(work, [order_id for order_id in named if order_id], stamp)
 
     if status_changed:
-        targets = record["order_ids"]
-    elif joined and record["payment_status"] is not None:
-        targets = joined
+        targets = work["members"]
+    elif work["payment_status"] is not None:
+        targets = restamped
     else:
         targets = []
-    cause = cause_of(event)
-    result.updates = [
-        {
-            "order_id": order_id,
-            "transaction_id": transaction_id,
-            "payment_status": record["payment_status"],
-            "transaction_version": record["version"],
-            "cause": cause,
-        }
-        for order_id in targets
-    ]
-
-    record["expires_at"] = max(record["expires_at"], event["received_at"] + retention_ms)
-    result.changed = record != original
+    result.updates = [_update(work, member) for member in targets]
+    work["expires_at"] = max(work["expires_at"], event["received_at"] + retention_ms)
+    result.changed = work != record
     return result
+
+
+def _join(work: dict[str, Any], order_ids: list[str], stamp: tuple[int, str]) -> list[dict]:
+    """Add members (or move their claim to an earlier stamp); return those that changed."""
+    by_id = {member["order_id"]: member for member in work["members"]}
+    changed = []
+    for order_id in order_ids:
+        member = by_id.get(order_id)
+        if member is None:
+            if len(work["members"]) >= MAX_MEMBERS:
+                continue
+            member = {
+                "order_id": order_id,
+                "claimed_received_at": stamp[0],
+                "claimed_event_id": stamp[1],
+            }
+            work["members"].append(member)
+            by_id[order_id] = member
+        elif stamp < (member["claimed_received_at"], member["claimed_event_id"]):
+            member["claimed_received_at"], member["claimed_event_id"] = stamp
+        else:
+            continue
+        changed.append(member)
+    return changed
+
+
+def _update(work: dict[str, Any], member: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "order_id": member["order_id"],
+        "transaction_id": work["transaction_id"],
+        "payment_status": work["payment_status"],
+        "transaction_version": work["version"],
+        "status_received_at": work["status_received_at"],
+        "status_event_id": work["status_event_id"],
+        "claimed_received_at": member["claimed_received_at"],
+        "claimed_event_id": member["claimed_event_id"],
+        # The delivery that carried the payment fact, also when the order joins later.
+        "cause": work["status_cause"],
+    }

@@ -50,8 +50,16 @@ class WorkerMetrics:
         )
         self.conflicts = Counter(
             "hookline_worker_join_conflicts",
-            "Facts linking an order to a second, different transaction (not applied).",
+            "Double payments: a second transaction succeeded for an order already paid "
+            "(the order keeps the first; logged with both transaction ids).",
             ["environment"],
+            registry=r,
+        )
+        self.dedup_conflicts = Counter(
+            "hookline_worker_dedup_conflicts",
+            "Deliveries whose dedup key (an envelope id) came back with different content: "
+            "dead-lettered with stage dedup, nothing changed.",
+            ["environment", "source"],
             registry=r,
         )
         self.state_changes = Counter(
@@ -69,7 +77,8 @@ class WorkerMetrics:
         )
         self.expired = Counter(
             "hookline_worker_expired_keys",
-            "Table keys deleted after their window (dedup) or retention (join, orders).",
+            "Table keys deleted after their window (dedup) or retention (join), or orders "
+            "retired after the order retention.",
             ["environment", "table"],
             registry=r,
         )

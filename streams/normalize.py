@@ -1,10 +1,9 @@
-"""Where a raw webhook becomes canonical events (stage 1, stateless).
+"""Where a raw webhook becomes canonical events (pure: no Kafka, no tables).
 
-Input: one ``<env>.webhooks.raw`` record. Output: either a ``Delivery`` (the
-canonical events plus the deduplication key, re-keyed by the ordering key so
-every copy of a delivery meets in one partition of the dedup stage) or a
-``DeadLetter`` saying at which stage and why it could not be mapped. Nothing
-is dropped silently.
+Input: one ``<env>.webhooks.raw`` record. Output: either a :class:`Delivery`
+(the canonical events plus what deduplication needs: the key, the content
+digest and the window) or a :class:`DeadLetter` saying at which stage and
+why it could not be mapped. Nothing is dropped silently.
 """
 
 from __future__ import annotations
@@ -18,20 +17,28 @@ from hookline.json_object import DEFAULT_MAX_DEPTH, NotAJsonObject, loads_object
 from hookline.sources import DEFAULT_DEDUP_WINDOW_MS, Source
 from schemas import codec
 from streams.adapters import Unmappable, adapter_for
-from streams.events import DeliveryContext
+from streams.events import CanonicalEvent, DeliveryContext
 
 MAX_REASON = 1000
 
 
 @dataclass(frozen=True)
-class Normalized:
+class Delivery:
+    envelope: dict[str, Any]
+    dedup_key: str  # "<source>|<the kind's key>"
+    content_digest: str
+    window_ms: int
+    events: list[CanonicalEvent]
+
+
+@dataclass(frozen=True)
+class DeadLetter:
     key: bytes
     value: bytes
-    dead_letter: bool
-    detail: dict[str, Any]  # the record before encoding (for metrics and logs)
+    record: dict[str, Any]  # before encoding (for metrics and logs)
 
 
-def _dead_letter(envelope: dict[str, Any], stage: str, reason: str, key: bytes) -> Normalized:
+def dead_letter(envelope: dict[str, Any], stage: str, reason: str, key: bytes) -> DeadLetter:
     record = {
         "delivery_id": envelope["delivery_id"],
         "envelope": envelope,
@@ -39,7 +46,7 @@ def _dead_letter(envelope: dict[str, Any], stage: str, reason: str, key: bytes) 
         "reason": reason[:MAX_REASON],
         "dead_lettered_at": int(time.time() * 1000),
     }
-    return Normalized(key, codec.encode(codec.DEAD_LETTER, record), True, record)
+    return DeadLetter(key, codec.encode(codec.DEAD_LETTER, record), record)
 
 
 def normalize(
@@ -48,7 +55,7 @@ def normalize(
     environment: str,
     sources: Mapping[str, Source],
     max_json_depth: int = DEFAULT_MAX_DEPTH,
-) -> Normalized:
+) -> Delivery | DeadLetter:
     key = raw_key or b""
     try:
         if raw_value is None:
@@ -67,11 +74,12 @@ def normalize(
             "client_ip": None,
             "verification": "unknown",
         }
-        return _dead_letter(placeholder, "decode", str(exc), key)
+        return dead_letter(placeholder, "decode", str(exc), key)
 
     if envelope["environment"] != environment:
         reason = f"envelope for {envelope['environment']!r} on the {environment!r} topic"
-        return _dead_letter(envelope, "decode", reason, key)
+        return dead_letter(envelope, "decode", reason, key)
+    source = sources.get(envelope["source"])
     try:
         adapter = adapter_for(envelope["kind"])
         try:
@@ -85,23 +93,15 @@ def normalize(
             environment=environment,
             received_at=envelope["received_at"],
         )
-        dedup_key = f"{envelope['source']}|{adapter.dedup_key(document, envelope['body'])}"
-        order_key = adapter.ordering_key(document)[:256]
+        kind_key, digest = adapter.dedup_identity(document, source.dedup_ignore if source else ())
         events = adapter.to_events(document, ctx)
     except Unmappable as exc:
-        return _dead_letter(envelope, "normalize", str(exc) or type(exc).__name__, key)
+        return dead_letter(envelope, "normalize", str(exc) or type(exc).__name__, key)
 
-    source = sources.get(envelope["source"])
-    delivery = {
-        "delivery_id": envelope["delivery_id"],
-        "source": envelope["source"],
-        "received_at": envelope["received_at"],
-        "ordering_key": order_key,
-        "dedup_key": dedup_key,
-        "dedup_window_ms": source.dedup_window_ms if source else DEFAULT_DEDUP_WINDOW_MS,
-        "events": events,
-    }
-    # Keyed by the ordering key: a delivery's retries share it (same body,
-    # same claims, same id), so they meet in one partition of the dedup stage,
-    # and deliveries about one entity stay in arrival order.
-    return Normalized(order_key.encode(), codec.encode(codec.DELIVERY, delivery), False, delivery)
+    return Delivery(
+        envelope=envelope,
+        dedup_key=f"{envelope['source']}|{kind_key}",
+        content_digest=digest,
+        window_ms=source.dedup_window_ms if source else DEFAULT_DEDUP_WINDOW_MS,
+        events=events,
+    )

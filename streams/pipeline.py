@@ -1,10 +1,9 @@
 """The data flow of one environment, as Faust agents and tables.
 
-    <env>.webhooks.raw            (key delivery id)
-      -> normalize                 streams/normalize.py, streams/adapters/
-    <env>.hookline.deliveries     (key ordering key)       + <env>.webhooks.deadletter
-      -> dedup   [table dedup]     streams/dedup.py
-    <env>.hookline.transaction-facts (key transaction id)  + <env>.webhooks.events
+    <env>.webhooks.raw            (key delivery id, partitioned by ordering key)
+      -> intake [table dedup]      streams/normalize.py, streams/adapters/, streams/dedup.py
+    <env>.hookline.transaction-facts (key transaction id)
+                                   + <env>.webhooks.events + <env>.webhooks.deadletter
       -> transactions [table transactions]   streams/join.py
     <env>.hookline.order-inputs   (key order id)   <- also order events from dedup
       -> orders [table orders]     streams/order_state.py
@@ -18,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +27,14 @@ from faust.types import EventT, StreamT, TableT, TopicT
 from hookline import topics
 from hookline.sources import Source
 from schemas import codec
-from streams.batch import Batch, Output, send_acknowledged
-from streams.dedup import Seen, classify, new_entry
+from streams.batch import Batch
+from streams.dedup import Seen, classify, conflict_reason, new_entry
 from streams.expiry import Expiry, StreamTime
 from streams.join import apply_to_transaction
 from streams.metrics import WorkerMetrics
-from streams.normalize import normalize
-from streams.order_state import apply_event, apply_update
+from streams.normalize import DeadLetter, dead_letter, normalize
+from streams.order_state import apply_event, apply_update, retire
+from streams.routing import routes
 
 log = logging.getLogger("hookline.worker")
 
@@ -54,12 +54,18 @@ class PipelineConfig:
 class StateTable:
     """A changelog-backed table of Avro records, with its expiry sweeper."""
 
-    def __init__(self, table: TableT, schema: str, expired: Any) -> None:
+    def __init__(
+        self,
+        table: TableT,
+        schema: str,
+        expired: Any,
+        on_expired: Callable[[Any], Any] | None = None,
+    ) -> None:
         self.table = table
         self._expired = expired  # the counter for this table
         self.encode = lambda record: codec.encode(schema, record)
         self.decode = lambda data: codec.decode_as(schema, data)
-        self.expiry = Expiry(table, self.decode)
+        self.expiry = Expiry(table, self.decode, on_expired)
 
     def batch(self) -> Batch:
         return Batch(self.table, self.encode, self.decode, on_put=self.expiry.noted)
@@ -92,7 +98,6 @@ class EnvironmentPipeline:
 
         # Written by the gateway, which may have created it with another count.
         self.raw = self._topic(topics.raw(env), partitions=None)
-        self.deliveries = self._topic(topics.deliveries(env), self.config.partitions)
         self.transaction_facts = self._topic(topics.transaction_facts(env), self.config.partitions)
         self.order_inputs = self._topic(topics.order_inputs(env), self.config.partitions)
         self.events = self._topic(topics.events(env), self.config.partitions)
@@ -102,10 +107,10 @@ class EnvironmentPipeline:
 
         self.dedup_store = self._table("dedup", codec.DEDUP_ENTRY)
         self.transaction_store = self._table("transactions", codec.TRANSACTION_RECORD)
-        self.order_store = self._table("orders", codec.ORDER_RECORD)
+        # An order is retired, never deleted: its versions must never restart.
+        self.order_store = self._table("orders", codec.ORDER_RECORD, on_expired=retire)
 
-        app.agent(self.raw, name=f"{env}.normalize")(self.normalize)
-        app.agent(self.deliveries, name=f"{env}.dedup")(self.dedup)
+        app.agent(self.raw, name=f"{env}.intake")(self.intake)
         app.agent(self.transaction_facts, name=f"{env}.transactions")(self.transactions)
         app.agent(self.order_inputs, name=f"{env}.orders")(self.orders)
 
@@ -119,7 +124,9 @@ class EnvironmentPipeline:
             value_serializer="raw",
         )
 
-    def _table(self, name: str, schema: str) -> StateTable:
+    def _table(
+        self, name: str, schema: str, on_expired: Callable[[Any], Any] | None = None
+    ) -> StateTable:
         changelog = self.app.topic(
             topics.changelog(self.env, name),
             partitions=self.config.partitions,
@@ -138,26 +145,67 @@ class EnvironmentPipeline:
             key_type=bytes,  # bytes in, bytes out: the "raw" codec
             value_type=bytes,
         )
-        return StateTable(table, schema, self.metrics.expired.labels(self.env, name))
+        return StateTable(table, schema, self.metrics.expired.labels(self.env, name), on_expired)
 
     def _batches(self, stream: StreamT) -> Any:
         return stream.take_events(self.config.batch_max, within=self.config.batch_within_s)
 
-    # -- stage 1: raw -> canonical events (stateless) ------------------------
-    async def normalize(self, stream: StreamT) -> None:
+    # -- stage 1: raw -> canonical, deduplicated events -------------------------
+    async def intake(self, stream: StreamT) -> None:
+        """Normalize and deduplicate in one pass over ``raw``.
+
+        The gateway partitions ``raw`` by the ordering key, which every retry
+        of a delivery shares (same content, same claims, same envelope id),
+        so a retry meets the first copy's dedup entry in this partition.
+        """
         async for events in self._batches(stream):
-            sends: list[Output] = []
-            letters = []
+            self.metrics.batch_size.labels("intake").observe(len(events))
+            batch, clock = self.dedup_store.batch(), StreamTime()
+            letters: list[dict[str, Any]] = []
+            duplicates: dict[str, int] = {}
             for event in events:
                 result = normalize(
                     event.key, event.value, self.env, self.sources, self.config.max_json_depth
                 )
-                if result.dead_letter:
-                    sends.append((self.deadletter, result.key, result.value))
-                    letters.append(result.detail)
-                else:
-                    sends.append((self.deliveries, result.key, result.value))
-            await send_acknowledged(sends)
+                if isinstance(result, DeadLetter):
+                    batch.send(self.deadletter, result.key, result.value)
+                    letters.append(result.record)
+                    continue
+                envelope = result.envelope
+                clock.saw(event, envelope["received_at"])
+                key = result.dedup_key.encode()
+                entry = batch.get(event, key)
+                seen = classify(
+                    entry, envelope["delivery_id"], envelope["received_at"], result.content_digest
+                )
+                if seen is Seen.DUPLICATE:
+                    duplicates[envelope["source"]] = duplicates.get(envelope["source"], 0) + 1
+                    log.debug("duplicate dropped delivery_id=%s", envelope["delivery_id"])
+                    continue
+                if seen is Seen.REPLAY:
+                    self.metrics.replays.labels(self.env, "intake").inc()
+                    continue
+                if seen is Seen.CONFLICT:
+                    reason = conflict_reason(result.dedup_key, entry)
+                    letter = dead_letter(envelope, "dedup", reason, event.key or b"")
+                    batch.send(self.deadletter, letter.key, letter.value)
+                    letters.append(letter.record)
+                    self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
+                    continue
+                self._route(batch, result.events)
+                batch.put(
+                    event,
+                    key,
+                    new_entry(
+                        envelope["delivery_id"],
+                        envelope["received_at"],
+                        result.window_ms,
+                        result.content_digest,
+                    ),
+                )
+            await self.dedup_store.finish(batch, clock)
+            for source, count in duplicates.items():
+                self.metrics.duplicates.labels(self.env, source).inc(count)
             for detail in letters:
                 self.metrics.dead_letters.labels(self.env, detail["stage"]).inc()
                 log.warning(
@@ -168,46 +216,19 @@ class EnvironmentPipeline:
                     detail["reason"],
                 )
 
-    # -- stage 2: deduplication ---------------------------------------------
-    async def dedup(self, stream: StreamT) -> None:
-        async for events in self._batches(stream):
-            self.metrics.batch_size.labels("dedup").observe(len(events))
-            batch, clock = self.dedup_store.batch(), StreamTime()
-            for event in events:
-                delivery = self._decode(event, codec.DELIVERY)
-                if delivery is None:
-                    continue
-                clock.saw(event, delivery["received_at"])
-                # Kept in the partition of the ordering key, which every
-                # retry of this delivery shares.
-                dedup_key = delivery["dedup_key"].encode()
-                seen = classify(batch.get(event, dedup_key), delivery)
-                if seen is Seen.DUPLICATE:
-                    self.metrics.duplicates.labels(self.env, delivery["source"]).inc()
-                    log.info(
-                        "duplicate dropped env=%s source=%s delivery_id=%s",
-                        self.env,
-                        delivery["source"],
-                        delivery["delivery_id"],
-                    )
-                    continue
-                if seen is Seen.REPLAY:
-                    self.metrics.replays.labels(self.env, "dedup").inc()
-                    continue
-                for canonical in delivery["events"]:
-                    self._route(batch, canonical)
-                batch.put(event, dedup_key, new_entry(delivery))
-            await self.dedup_store.finish(batch, clock)
-
-    def _route(self, batch: Batch, event: dict[str, Any]) -> None:
-        encoded = codec.encode(codec.CANONICAL_EVENT, event)
-        batch.send(self.events, event["entity_id"].encode(), encoded)
-        if event["order_id"]:
-            batch.send(self.order_inputs, event["order_id"].encode(), encoded)
-        if event["transaction_id"]:
-            # A transaction's own event, or an order naming its transaction (membership).
-            batch.send(self.transaction_facts, event["transaction_id"].encode(), encoded)
-        self.metrics.events.labels(self.env, event["source"], event["type"]).inc()
+    def _route(self, batch: Batch, events: list[dict[str, Any]]) -> None:
+        topics_by_name = {
+            "events": self.events,
+            "order_inputs": self.order_inputs,
+            "transaction_facts": self.transaction_facts,
+        }
+        encoded: dict[str, bytes] = {}
+        for destination, key, event in routes(events):
+            value = encoded.get(event["event_id"])
+            if value is None:
+                value = encoded[event["event_id"]] = codec.encode(codec.CANONICAL_EVENT, event)
+                self.metrics.events.labels(self.env, event["source"], event["type"]).inc()
+            batch.send(topics_by_name[destination], key.encode(), value)
 
     # -- stage 3: transaction side of the join -------------------------------
     async def transactions(self, stream: StreamT) -> None:
@@ -248,9 +269,12 @@ class EnvironmentPipeline:
                     continue
                 current = batch.get(event, event.key)
                 if name == codec.CANONICAL_EVENT:
-                    clock.saw(event, record["received_at"])
+                    arrived = record["received_at"]
+                    clock.saw(event, arrived)
                     result = apply_event(current, record, self.env, retention)
                 elif name == codec.TRANSACTION_UPDATE:
+                    # The join completes when the later of its two facts arrives.
+                    arrived = max(record["cause"]["received_at"], record["claimed_received_at"])
                     clock.saw(event, record["cause"]["received_at"])
                     result = apply_update(current, record, self.env, retention)
                 else:
@@ -260,7 +284,7 @@ class EnvironmentPipeline:
                     self._rejected(field, before, after, result.record["state"]["order_id"])
                 if result.conflict:
                     self.metrics.conflicts.labels(self.env).inc()
-                    log.warning("join conflict env=%s: %s", self.env, result.conflict)
+                    log.warning("env=%s %s", self.env, result.conflict)
                 if result.change is not None:
                     change = result.change
                     batch.send(
@@ -271,7 +295,7 @@ class EnvironmentPipeline:
                         event.key,
                         codec.encode(codec.ORDER_STATE, change["after"]),
                     )
-                    received.append(change["cause"]["received_at"])
+                    received.append(arrived)
                 if result.changed:
                     batch.put(event, event.key, result.record)
             await self.order_store.finish(batch, clock)
@@ -305,6 +329,6 @@ class EnvironmentPipeline:
 
     def _rejected(self, field: str, before: str | None, after: str, subject: str) -> None:
         self.metrics.rejected.labels(self.env, field, before or "none", after).inc()
-        log.info(
+        log.debug(
             "rejected transition env=%s %s %s -> %s (%s)", self.env, field, before, after, subject
         )

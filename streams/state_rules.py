@@ -63,3 +63,29 @@ def payment_status_verdict(
 def newer(stamp: Stamp, than: Stamp) -> bool:
     """Last-writer-wins for plain fields (confirmation URL, vignette id)."""
     return stamp > than
+
+
+def stamp_of(record: dict, prefix: str) -> Stamp:
+    """The (received_at, event_id) stamp stored under ``<prefix>_received_at``/``_event_id``."""
+    return (record[f"{prefix}_received_at"], record[f"{prefix}_event_id"])
+
+
+def resolve_payment(claims: list[dict]) -> tuple[str | None, str | None]:
+    """(transaction_id, payment_status) of an order claimed by several transactions.
+
+    PRODUCT.md section 4, "Several transactions per order": if any claim
+    SUCCEEDED, the first that succeeded (by the stamp of its success) names
+    the order's payment; otherwise the most recently claimed transaction
+    whose status is known does (a re-checkout after a failed payment), and
+    before any status is known the most recent claim names the transaction.
+    Depends only on the set of claims, never on the order they arrived in.
+    """
+    succeeded = [c for c in claims if c["payment_status"] == "SUCCEEDED"]
+    if succeeded:
+        first = min(succeeded, key=lambda c: (stamp_of(c, "status"), c["transaction_id"]))
+        return first["transaction_id"], "SUCCEEDED"
+    pool = [c for c in claims if c["payment_status"] is not None] or claims
+    if not pool:
+        return None, None
+    latest = max(pool, key=lambda c: (stamp_of(c, "claimed"), c["transaction_id"]))
+    return latest["transaction_id"], latest["payment_status"]

@@ -1,7 +1,8 @@
 """One adapter per provider kind: provider JSON in, canonical events out.
 
 An adapter module exposes ``KIND``, ``envelope_problem`` (the gateway's 400
-check), ``dedup_key`` (what makes two deliveries the same), ``ordering_key``
+check), ``dedup_identity`` (what makes two deliveries the same: the dedup key
+and the content digest that tells a retry from a conflict), ``ordering_key``
 (the order or transaction a delivery is about: deliveries with the same
 ordering key keep their arrival order through every stage) and ``to_events``.
 Adapters are pure functions with no Kafka or Faust import, so the gateway can

@@ -7,8 +7,11 @@ Every assumption about this provider's payload lives in this file.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+from streams import content_key
+from streams.adapters import money
 from streams.adapters.fields import Unmappable, required_text, text, timestamp_ms
 from streams.events import ORDER_REFUNDED, CanonicalEvent, DeliveryContext, new_event
 
@@ -28,16 +31,22 @@ def envelope_problem(document: dict[str, Any]) -> str | None:
     return None
 
 
-def dedup_key(document: dict[str, Any], body: bytes) -> str:
-    # The provider's own id is stable across its retries.
-    return "id:" + required_text(document, "id")
+def dedup_identity(document: dict[str, Any], ignore: Sequence[str]) -> tuple[str, str]:
+    """(dedup key, content digest): the provider's own id, stable across its retries.
+
+    The digest tells a retry (same id, same content) from a conflict (same
+    id, other content), which is dead-lettered rather than dropped.
+    """
+    return "id:" + required_text(document, "id"), content_key.digest(document, ignore)
 
 
 def ordering_key(document: dict[str, Any]) -> str:
-    """The refunded order when there is one (so it follows that order's other events)."""
-    data = document.get("data")
-    order_id = data.get("order_id") if isinstance(data, dict) else None
-    return order_id if isinstance(order_id, str) and order_id else str(document.get("id"))
+    """The envelope id: every copy of one id, retry or conflict, meets in one partition.
+
+    (The refunded order's own events may be on another partition; the order
+    state rules for refunds do not depend on arrival order.)
+    """
+    return str(document.get("id"))
 
 
 def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalEvent]:
@@ -51,6 +60,8 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
     common = {"provider_event_type": event_type, "occurred_at": occurred_at}
 
     if event_type in REFUNDING_TYPES and order_id:
+        # Assumed (payloads/envelope-refund.json): data.amount and data.currency;
+        # no amount means the whole order is refunded.
         return [
             new_event(
                 ctx,
@@ -59,7 +70,8 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
                 "order",
                 order_id,
                 order_id=order_id,
-                order_status="REFUNDED",
+                amount=money.amount(data.get("amount"), "'data.amount'"),
+                currency=money.currency(data.get("currency"), "'data.currency'"),
                 **common,
             )
         ]

@@ -7,9 +7,11 @@ Every assumption about this provider's payload lives in this file.
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from typing import Any
 
+from streams import content_key
+from streams.adapters import money
 from streams.adapters.fields import (
     MAX_URL,
     Unmappable,
@@ -21,6 +23,7 @@ from streams.adapters.fields import (
 )
 from streams.events import (
     ORDER_CONFIRMATION_RECEIVED,
+    ORDER_PRICED,
     ORDER_STATUS_CHANGED,
     ORDER_STATUSES,
     TRANSACTION_STATUS_CHANGED,
@@ -42,9 +45,14 @@ def envelope_problem(document: dict[str, Any]) -> str | None:
     return None
 
 
-def dedup_key(document: dict[str, Any], body: bytes) -> str:
-    # The partner retries the same webhook (1, 5, 15 min): an identical body.
-    return "body:" + hashlib.sha256(body).hexdigest()
+def dedup_identity(document: dict[str, Any], ignore: Sequence[str]) -> tuple[str, str]:
+    """(dedup key, content digest): the partner retries the same webhook (1, 5, 15 min).
+
+    The seed promises the same event, not the same bytes, so the key is the
+    JSON content (streams/content_key.py), minus the source's ``dedup_ignore``.
+    """
+    content = content_key.digest(document, ignore)
+    return "json:" + content, content
 
 
 def ordering_key(document: dict[str, Any]) -> str:
@@ -97,12 +105,17 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
     if event_type == "CHECKOUT_STATUS_CHANGED":
         transaction_id = required_text(document, "transaction_id")
         status = choice(document.get("status"), CHECKOUT_STATUS, "checkout status")
-        order_ids = []
+        # Assumed (payloads/partner-checkout-multi.json): one currency for the
+        # checkout, each entry of "orders" its own "amount".
+        currency = money.currency(document.get("currency"), "'currency'")
+        priced: dict[str, Any] = {}
         for entry in items(document, "orders") if "orders" in document else []:
             if not isinstance(entry, dict):
                 raise Unmappable("'orders' entries must be objects")
-            order_ids.append(required_text(entry, "order_id"))
-        return [
+            order_id = required_text(entry, "order_id")
+            price = money.amount(entry.get("amount"), f"amount of order {order_id[:64]!r}")
+            priced.setdefault(order_id, price)
+        events = [
             new_event(
                 ctx,
                 0,
@@ -110,10 +123,28 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
                 "transaction",
                 transaction_id,
                 transaction_id=transaction_id,
-                order_ids=list(dict.fromkeys(order_ids)),
+                order_ids=list(priced),
                 payment_status=status,
                 **common,
             )
         ]
+        # Each order's price is an order fact: one order.priced event per order with an amount.
+        for order_id, price in priced.items():
+            if price is not None:
+                events.append(
+                    new_event(
+                        ctx,
+                        len(events),
+                        ORDER_PRICED,
+                        "order",
+                        order_id,
+                        order_id=order_id,
+                        transaction_id=transaction_id,
+                        amount=price,
+                        currency=currency,
+                        **common,
+                    )
+                )
+        return events
 
     raise Unmappable(f"unknown partner event_type {str(event_type)[:100]!r}")

@@ -9,12 +9,12 @@ Every assumption about this provider's payload lives in this file.
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
+from collections.abc import Sequence
 from typing import Any
 
 import jwt
 
+from streams import content_key
 from streams.adapters.fields import Unmappable, choice, required_text
 from streams.events import TRANSACTION_STATUS_CHANGED, CanonicalEvent, DeliveryContext, new_event
 
@@ -58,10 +58,15 @@ def _decode(token: str) -> dict[str, Any]:
     return decoded
 
 
-def dedup_key(document: dict[str, Any], body: bytes) -> str:
+def dedup_identity(document: dict[str, Any], ignore: Sequence[str]) -> tuple[str, str]:
+    """(dedup key, content digest): the claims, without the signing claims.
+
+    A retry is signed again (new iat/exp/jti, so a new token), but carries the
+    same claims; ``ignore`` names further claims to leave out.
+    """
     meaningful = {k: v for k, v in claims(document).items() if k not in SIGNING_CLAIMS}
-    canonical = json.dumps(meaningful, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return "claims:" + hashlib.sha256(canonical.encode()).hexdigest()
+    content = content_key.digest(meaningful, ignore)
+    return "claims:" + content, content
 
 
 def ordering_key(document: dict[str, Any]) -> str:

@@ -7,9 +7,11 @@ Every assumption about this provider's payload lives in this file.
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Sequence
 from typing import Any
 
+from streams import content_key
+from streams.adapters import money
 from streams.adapters.fields import (
     MAX_TEXT,
     Unmappable,
@@ -38,8 +40,10 @@ def envelope_problem(document: dict[str, Any]) -> str | None:
     return None
 
 
-def dedup_key(document: dict[str, Any], body: bytes) -> str:
-    return "body:" + hashlib.sha256(body).hexdigest()
+def dedup_identity(document: dict[str, Any], ignore: Sequence[str]) -> tuple[str, str]:
+    """(dedup key, content digest): a retried report has the same JSON content."""
+    content = content_key.digest(document, ignore)
+    return "json:" + content, content
 
 
 def ordering_key(document: dict[str, Any]) -> str:
@@ -79,15 +83,21 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
         if not isinstance(row, dict):
             raise Unmappable("'saleRows' entries must be objects")
         kapsch = row.get("kapschProperties")
-        vignette_id = text(kapsch, "id", required=False) if isinstance(kapsch, dict) else None
+        kapsch = kapsch if isinstance(kapsch, dict) else {}
+        vignette_id = text(kapsch, "id", required=False)
+        row_id = required_text(row, "id")
+        # The row's price: kapschProperties.price {currency, amount} (seed 001's example).
+        price = kapsch.get("price") if isinstance(kapsch.get("price"), dict) else {}
         rows.append(
             (
-                required_text(row, "id"),
+                row_id,
                 "ACTIVE" if row.get("active") is True else "PENDING",
                 vignette_id or sale_vignette,
+                money.amount(price.get("amount"), f"price of row {row_id[:64]!r}"),
+                money.currency(price.get("currency"), f"currency of row {row_id[:64]!r}"),
             )
         )
-    order_ids = list(dict.fromkeys(order_id for order_id, _, _ in rows))
+    order_ids = list(dict.fromkeys(row[0] for row in rows))
     events = [
         new_event(
             ctx,
@@ -102,7 +112,7 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
             payment_status="SUCCEEDED",
         )
     ]
-    for index, (order_id, status, vignette_id) in enumerate(rows, start=1):
+    for index, (order_id, status, vignette_id, price, currency) in enumerate(rows, start=1):
         events.append(
             new_event(
                 ctx,
@@ -116,6 +126,8 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
                 transaction_id=sale_id,
                 order_status=status,
                 vignette_id=vignette_id,
+                amount=price,
+                currency=currency if price is not None else None,
             )
         )
     return events

@@ -1,426 +1,391 @@
-"""streams/order_state.py: apply_event and apply_update (stage 4)."""
+"""streams/order_state.py with the join: the order state rules of PRODUCT.md v2 section 4."""
 
 from __future__ import annotations
 
-import itertools
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
-from schemas import codec
-from streams.events import ORDER_REFUNDED, CanonicalEvent, cause_of
-from streams.join import apply_to_transaction
-from streams.order_state import OrderResult, apply_event, apply_update
-from tests.unit.helpers import RETENTION, T0, order_event, tx_event
-
-ENV = "production"
-STATE_FIELDS = (
-    "order_id",
-    "environment",
-    "transaction_id",
-    "order_status",
-    "payment_status",
-    "confirmation_pdf_url",
-    "vignette_id",
+from streams.order_state import STATE_FIELDS, apply_event, retire
+from tests.unit.flow import (
+    DAY,
+    ENV,
+    YEAR_ISH,
+    Flow,
+    checkout,
+    order_status,
+    payment,
+    refund,
 )
+from tests.unit.helpers import T0
 
 
-def cause(at: int, event_id: str = "c") -> dict[str, Any]:
-    return {
-        "event_id": f"{event_id}:0",
-        "delivery_id": event_id,
-        "source": "payments",
-        "kind": "payments",
-        "type": "transaction.status_changed",
-        "received_at": at,
-    }
+def money(text: str) -> Decimal:
+    return Decimal(text).quantize(Decimal("0.0001"))
 
 
-def update(
-    order_id: str, transaction_id: str, status: str, version: int, at: int
-) -> dict[str, Any]:
-    return {
-        "order_id": order_id,
-        "transaction_id": transaction_id,
-        "payment_status": status,
-        "transaction_version": version,
-        "cause": cause(at, f"u-{transaction_id}-{version}"),
-    }
+def fields(state: dict[str, Any]) -> dict[str, Any]:
+    return {name: state[name] for name in STATE_FIELDS}
 
 
-def check(result: OrderResult) -> OrderResult:
-    """Everything stage 4 writes must fit its schemas."""
-    record = result.record
-    assert codec.decode_as(codec.ORDER_RECORD, codec.encode(codec.ORDER_RECORD, record)) == record
-    if result.change is not None:
-        change = result.change
-        assert (
-            codec.decode_as(codec.ORDER_CHANGE, codec.encode(codec.ORDER_CHANGE, change)) == change
-        )
-        assert change["after"] == record["state"]
-        assert change["version"] == record["state"]["version"]
-    return result
+def assert_versions_exact(flow: Flow) -> None:
+    """Versions 1..n per order, one change each, updated_at never going back."""
+    for order_id, changes in flow.changes.items():
+        assert [c["version"] for c in changes] == list(range(1, len(changes) + 1)), order_id
+        assert flow.state(order_id)["version"] == len(changes)
+        stamps = [c["after"]["updated_at"] for c in changes]
+        assert stamps == sorted(stamps)
+        for change in changes:
+            before = change["before"] or dict.fromkeys(STATE_FIELDS)
+            assert change["changed_fields"] == [
+                name for name in STATE_FIELDS if before[name] != change["after"][name]
+            ]
 
 
-def on_event(record: dict[str, Any] | None, event: CanonicalEvent) -> OrderResult:
-    return check(apply_event(record, event, ENV, RETENTION))
-
-
-def on_update(record: dict[str, Any] | None, item: dict[str, Any]) -> OrderResult:
-    return check(apply_update(record, item, ENV, RETENTION))
-
-
-def apply_any(record: dict[str, Any] | None, item: dict[str, Any]) -> OrderResult:
-    return on_update(record, item) if "transaction_version" in item else on_event(record, item)
-
-
-# -- apply_event ------------------------------------------------------------------------
+# -- the first state -------------------------------------------------------------------------
 
 
 def test_first_event_creates_version_1() -> None:
-    event = order_event("ord_1", T0, status="CREATED", transaction_id="tr_1")
-    result = on_event(None, event)
-    state = result.record["state"]
-    assert state == {
-        "order_id": "ord_1",
+    flow = Flow().run([order_status("o1", "CREATED", T0)])
+    (change,) = flow.changes["o1"]
+    assert change["version"] == 1
+    assert change["before"] is None
+    assert change["changed_fields"] == ["order_status"]
+    assert change["after"] == {
+        "order_id": "o1",
         "environment": ENV,
-        "transaction_id": "tr_1",
+        "transaction_id": None,
         "order_status": "CREATED",
         "payment_status": None,
         "confirmation_pdf_url": None,
         "vignette_id": None,
         "version": 1,
         "updated_at": T0,
+        "amount": None,
+        "currency": None,
+        "refunded_amount": None,
     }
-    assert result.changed
-    assert result.change == {
-        "order_id": "ord_1",
-        "environment": ENV,
-        "version": 1,
-        "before": None,
-        "after": state,
-        "changed_fields": ["transaction_id", "order_status"],
-        "cause": cause_of(event),
-    }
-    assert result.rejected == []
-    assert result.conflict is None
+    assert change["cause"]["provider_event_type"] == "ORDER_STATUS_CHANGED"
 
 
-def test_second_change_records_before_and_after() -> None:
-    first = on_event(None, order_event("ord_1", T0, status="CREATED", transaction_id="tr_1"))
-    event = order_event("ord_1", T0 + 100, status="ACTIVE", vignette="kp_1")
-    second = on_event(first.record, event)
-    assert second.change is not None
-    assert second.change["version"] == 2
-    assert second.change["before"] == first.record["state"]
-    assert second.change["after"] == dict(
-        first.record["state"],
-        order_status="ACTIVE",
-        vignette_id="kp_1",
-        version=2,
-        updated_at=T0 + 100,
-    )
-    assert second.change["changed_fields"] == ["order_status", "vignette_id"]
-    assert second.change["cause"] == cause_of(event)
+# -- several transactions per order -------------------------------------------------------------
 
-
-def test_refund_after_active() -> None:
-    active = on_event(None, order_event("ord_1", T0, status="ACTIVE"))
-    refund = order_event("ord_1", T0 + 1, status="REFUNDED", type=ORDER_REFUNDED)
-    result = on_event(active.record, refund)
-    assert result.record["state"]["order_status"] == "REFUNDED"
-    assert result.change is not None
-    assert result.change["cause"]["type"] == ORDER_REFUNDED
-
-
-@pytest.mark.parametrize(
-    "event",
-    [
-        order_event("ord_1", T0, status="ACTIVE", transaction_id="tr_1"),
-        order_event("ord_1", T0, pdf="https://x/1.pdf"),
-        order_event("ord_1", T0, vignette="kp_1"),
-    ],
-)
-def test_same_event_twice_changes_nothing(event: CanonicalEvent) -> None:
-    first = on_event(None, event)
-    again = on_event(first.record, event)
-    assert again.change is None
-    assert not again.changed
-    assert again.record == first.record
-    assert again.record["state"]["version"] == 1
-
-
-def test_lower_order_status_is_rejected() -> None:
-    active = on_event(None, order_event("ord_1", T0, status="ACTIVE"))
-    late = on_event(active.record, order_event("ord_1", T0 + 5, status="PENDING"))
-    assert late.rejected == [("order_status", "ACTIVE", "PENDING")]
-    assert late.change is None
-    assert late.record["state"]["order_status"] == "ACTIVE"
-    assert late.record["state"]["version"] == 1
-
-
-def test_equal_order_status_is_neither_change_nor_rejection() -> None:
-    active = on_event(None, order_event("ord_1", T0, status="ACTIVE"))
-    repeat = on_event(active.record, order_event("ord_1", T0 + 5, status="ACTIVE"))
-    assert repeat.rejected == []
-    assert repeat.change is None
-
-
-def test_conflicting_transaction_link_is_reported_not_applied() -> None:
-    linked = on_event(None, order_event("ord_1", T0, transaction_id="tr_A"))
-    other = on_event(
-        linked.record, order_event("ord_1", T0 + 1, status="ACTIVE", transaction_id="tr_B")
-    )
-    assert other.conflict is not None
-    assert "tr_A" in other.conflict
-    assert "tr_B" in other.conflict
-    assert other.record["state"]["transaction_id"] == "tr_A"
-    # The rest of the event still applies.
-    assert other.record["state"]["order_status"] == "ACTIVE"
-
-
-def test_last_writer_wins_for_pdf_and_vignette() -> None:
-    newer = order_event("ord_1", T0 + 200, pdf="https://x/new.pdf", vignette="kp_new")
-    older = order_event("ord_1", T0 + 100, pdf="https://x/old.pdf", vignette="kp_old")
-    forward = on_event(on_event(None, older).record, newer)
-    backward = on_event(on_event(None, newer).record, older)
-    for result in (forward, backward):
-        state = result.record["state"]
-        assert (state["confirmation_pdf_url"], state["vignette_id"]) == (
-            "https://x/new.pdf",
-            "kp_new",
-        )
-    assert backward.change is None
-    assert forward.change is not None
-    assert forward.change["changed_fields"] == ["confirmation_pdf_url", "vignette_id"]
-
-
-def test_updated_at_never_decreases() -> None:
-    first = on_event(None, order_event("ord_1", T0 + 100, status="CREATED"))
-    assert first.record["state"]["updated_at"] == T0 + 100
-    late = on_event(first.record, order_event("ord_1", T0 + 50, pdf="https://x/1.pdf"))
-    assert late.change is not None
-    assert late.record["state"]["version"] == 2
-    assert late.record["state"]["updated_at"] == T0 + 100
-    later = on_event(late.record, order_event("ord_1", T0 + 300, status="ACTIVE"))
-    assert later.record["state"]["updated_at"] == T0 + 300
-    older_update = on_update(later.record, update("ord_1", "tr_1", "PENDING", 1, T0 + 10))
-    assert older_update.record["state"]["updated_at"] == T0 + 300
-    assert older_update.record["state"]["version"] == 4
-
-
-def test_expired_record_is_treated_as_absent() -> None:
-    first = on_event(None, order_event("ord_1", T0, status="ACTIVE", transaction_id="tr_1"))
-    expires_at = first.record["expires_at"]
-    assert expires_at == T0 + RETENTION
-    reborn = on_event(first.record, order_event("ord_1", expires_at, status="PENDING"))
-    assert reborn.rejected == []
-    assert reborn.record["state"]["order_status"] == "PENDING"
-    assert reborn.record["state"]["transaction_id"] is None
-    assert reborn.record["state"]["version"] == 1
-    assert reborn.change is not None
-    assert reborn.change["before"] is None
-
-    alive = on_event(first.record, order_event("ord_1", expires_at - 1, status="PENDING"))
-    assert alive.rejected == [("order_status", "ACTIVE", "PENDING")]
-
-    by_update = on_update(first.record, update("ord_1", "tr_2", "FAILED", 1, expires_at))
-    assert by_update.conflict is None
-    assert by_update.record["state"]["transaction_id"] == "tr_2"
-
-
-def test_expiry_moves_forward_only() -> None:
-    first = on_event(None, order_event("ord_1", T0 + 1000, status="CREATED"))
-    older = on_event(first.record, order_event("ord_1", T0, status="ACTIVE"))
-    assert older.record["expires_at"] == T0 + 1000 + RETENTION
-
-
-def test_input_record_is_not_mutated() -> None:
-    first = on_event(None, order_event("ord_1", T0, status="CREATED"))
-    snapshot = {**first.record, "state": dict(first.record["state"])}
-    on_event(first.record, order_event("ord_1", T0 + 1, status="ACTIVE", pdf="https://x"))
-    on_update(first.record, update("ord_1", "tr_1", "SUCCEEDED", 3, T0 + 2))
-    assert first.record == snapshot
-
-
-# -- apply_update -----------------------------------------------------------------------
-
-
-def test_update_sets_payment_status_and_link() -> None:
-    item = update("ord_1", "tr_1", "PENDING", 1, T0)
-    result = on_update(None, item)
-    assert result.record["state"]["payment_status"] == "PENDING"
-    assert result.record["state"]["transaction_id"] == "tr_1"
-    assert result.record["transaction_version"] == 1
-    assert result.change is not None
-    assert result.change["version"] == 1
-    assert result.change["changed_fields"] == ["transaction_id", "payment_status"]
-    assert result.change["cause"] == item["cause"]
-
-
-def test_same_update_twice_changes_nothing() -> None:
-    item = update("ord_1", "tr_1", "SUCCEEDED", 2, T0)
-    first = on_update(None, item)
-    again = on_update(first.record, item)
-    assert again.change is None
-    assert not again.changed
-    assert again.record == first.record
-
-
-def test_older_update_after_newer_changes_nothing() -> None:
-    newer = on_update(None, update("ord_1", "tr_1", "SUCCEEDED", 2, T0 + 10))
-    older = on_update(newer.record, update("ord_1", "tr_1", "PENDING", 1, T0 + 20))
-    assert older.change is None
-    assert older.record["state"]["payment_status"] == "SUCCEEDED"
-    assert older.record["transaction_version"] == 2
-
-
-def test_update_with_same_status_but_higher_version_is_not_a_change() -> None:
-    first = on_update(None, update("ord_1", "tr_1", "FAILED", 1, T0))
-    second = on_update(first.record, update("ord_1", "tr_1", "FAILED", 2, T0 + 1))
-    assert second.change is None
-    assert second.record["transaction_version"] == 2
-    assert second.record["state"]["version"] == 1
-
-
-def test_update_from_another_transaction_is_a_conflict() -> None:
-    linked = on_event(None, order_event("ord_1", T0, transaction_id="tr_A"))
-    result = on_update(linked.record, update("ord_1", "tr_B", "SUCCEEDED", 5, T0 + 1))
-    assert result.conflict is not None
-    assert "tr_A" in result.conflict
-    assert "tr_B" in result.conflict
-    assert result.change is None
-    assert result.record["state"]["payment_status"] is None
-    assert result.record["transaction_version"] == 0
-
-
-def test_version_counts_changes_exactly() -> None:
-    items: list[dict[str, Any]] = [
-        order_event("ord_1", T0, status="CREATED", transaction_id="tr_1"),
-        update("ord_1", "tr_1", "PENDING", 1, T0 + 1),
-        order_event("ord_1", T0 + 2, status="CREATED"),  # same: no change
-        order_event("ord_1", T0 + 3, status="PENDING"),
-        update("ord_1", "tr_1", "PENDING", 1, T0 + 1),  # repeat: no change
-        update("ord_1", "tr_1", "SUCCEEDED", 2, T0 + 4),
-        order_event("ord_1", T0 + 5, status="CREATED"),  # rejected
-        order_event("ord_1", T0 + 6, pdf="https://x/1.pdf"),
-    ]
-    record = None
-    versions = []
-    for item in items:
-        result = apply_any(record, item)
-        record = result.record
-        if result.change is not None:
-            versions.append(result.change["version"])
-    assert versions == [1, 2, 3, 4, 5]
-    assert record is not None
-    assert record["state"]["version"] == 5
-
-
-# -- convergence -----------------------------------------------------------------------------
-
-
-def final_state(items: tuple[dict[str, Any], ...]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    record = None
-    changes = []
-    for item in items:
-        result = apply_any(record, item)
-        record = result.record
-        if result.change is not None:
-            changes.append(result.change)
-    assert record is not None
-    return record["state"], changes
-
-
-ORDER_INPUTS = [
-    order_event("ord_1", T0 + 1, status="CREATED", transaction_id="tr_1"),
-    order_event("ord_1", T0 + 40, status="ACTIVE", transaction_id="tr_1", vignette="kp_1"),
-    order_event("ord_1", T0 + 30, pdf="https://x/first.pdf"),
-    order_event("ord_1", T0 + 60, pdf="https://x/second.pdf"),
-    update("ord_1", "tr_1", "PENDING", 1, T0 + 20),
-    update("ord_1", "tr_1", "SUCCEEDED", 2, T0 + 50),
-    order_event("ord_1", T0 + 10, status="PENDING", vignette="kp_0"),
+RECHECKOUT = [
+    checkout("tr_1", "PENDING", T0, {"o1": "15.70", "o2": "15.70"}),
+    payment("tr_1", "FAILED", T0 + 10),
+    checkout("tr_2", "PENDING", T0 + 20, {"o1": "15.70", "o2": "15.70"}),
+    payment("tr_2", "SUCCEEDED", T0 + 30, delivery_id="pay-ok"),
+    order_status("o1", "ACTIVE", T0 + 40, transaction_id="tr_2"),
 ]
 
 
-def test_every_arrival_order_converges() -> None:
-    expected = {
-        "order_id": "ord_1",
-        "environment": ENV,
-        "transaction_id": "tr_1",
-        "order_status": "ACTIVE",
-        "payment_status": "SUCCEEDED",
-        "confirmation_pdf_url": "https://x/second.pdf",
-        "vignette_id": "kp_1",
-    }
-    latest = max(
-        i["received_at"] if "received_at" in i else i["cause"]["received_at"] for i in ORDER_INPUTS
+def test_recheckout_after_failed_payment_ends_succeeded() -> None:
+    flow = Flow().run(RECHECKOUT)
+    for order_id in ("o1", "o2"):
+        state = flow.state(order_id)
+        assert state["payment_status"] == "SUCCEEDED"
+        assert state["transaction_id"] == "tr_2"
+        assert state["amount"] == money("15.70")
+        assert state["currency"] == "EUR"
+    # The story as o2 saw it: pending on tr_1, failed, pending on tr_2, paid.
+    payments = [
+        (c["after"]["transaction_id"], c["after"]["payment_status"])
+        for c in flow.changes["o2"]
+        if {"transaction_id", "payment_status"} & set(c["changed_fields"])
+    ]
+    assert payments == [
+        ("tr_1", "PENDING"),
+        ("tr_1", "FAILED"),
+        ("tr_2", "PENDING"),
+        ("tr_2", "SUCCEEDED"),
+    ]
+    assert flow.changes["o2"][-1]["cause"]["delivery_id"] == "pay-ok"
+    assert not flow.conflicts
+    assert_versions_exact(flow)
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_recheckout_converges_in_any_interleaving(seed: int) -> None:
+    expected = {oid: fields(Flow().run(RECHECKOUT).state(oid)) for oid in ("o1", "o2")}
+    flow = Flow().run_shuffled(RECHECKOUT, seed)
+    assert {oid: fields(flow.state(oid)) for oid in ("o1", "o2")} == expected
+    assert expected["o1"]["order_status"] == "ACTIVE"
+    assert_versions_exact(flow)
+
+
+def test_failed_transaction_never_overwrites_a_succeeded_one() -> None:
+    flow = Flow().run(
+        [
+            checkout("tr_1", "SUCCEEDED", T0, {"o1": "9.00"}),
+            checkout("tr_2", "PENDING", T0 + 10, {"o1": "9.00"}),
+            payment("tr_2", "FAILED", T0 + 20),
+        ]
     )
-    count = 0
-    for permutation in itertools.permutations(ORDER_INPUTS):
-        state, changes = final_state(permutation)
-        assert {k: state[k] for k in STATE_FIELDS} == expected, permutation
-        # One change per version, without gaps; updated_at never goes back.
-        assert [c["version"] for c in changes] == list(range(1, len(changes) + 1))
-        assert state["version"] == len(changes)
-        stamps = [c["after"]["updated_at"] for c in changes]
-        assert stamps == sorted(stamps)
-        assert state["updated_at"] == max(c["cause"]["received_at"] for c in changes) <= latest
-        for change in changes:
-            before = change["before"] or dict.fromkeys(STATE_FIELDS)
-            assert change["changed_fields"] == [
-                k for k in STATE_FIELDS[2:] if before[k] != change["after"][k]
-            ]
-        count += 1
-    assert count == 5040
-
-
-def test_replaying_every_input_again_changes_nothing() -> None:
-    state, _changes = final_state(tuple(ORDER_INPUTS))
-    record = None
-    for item in ORDER_INPUTS:
-        record = apply_any(record, item).record
-    for item in ORDER_INPUTS:
-        result = apply_any(record, item)
-        assert result.change is None
-        assert not result.changed
-        record = result.record
-    assert record is not None
-    assert record["state"] == state
-
-
-def test_join_and_order_state_together_converge() -> None:
-    """Route like the pipeline: order facts to both sides, transaction facts to the join."""
-    inputs = [
-        tx_event("tr_1", "PENDING", T0, ("ord_1", "ord_2", "ord_3", "ord_4")),
-        tx_event("tr_1", "SUCCEEDED", T0 + 30),
-        order_event("ord_1", T0 + 10, status="ACTIVE", transaction_id="tr_1"),
-        order_event("ord_5", T0 + 20, status="PENDING", transaction_id="tr_1"),
-        order_event("ord_2", T0 + 40, pdf="https://x/2.pdf"),
+    state = flow.state("o1")
+    assert (state["transaction_id"], state["payment_status"]) == ("tr_1", "SUCCEEDED")
+    assert [c["changed_fields"] for c in flow.changes["o1"]] == [
+        ["transaction_id", "payment_status"],
+        ["amount", "currency"],
     ]
 
-    def run(events: tuple[CanonicalEvent, ...]) -> dict[str, tuple[Any, ...]]:
-        transaction = None
-        orders: dict[str, dict[str, Any]] = {}
-        for event in events:
-            if event["order_id"]:
-                orders[event["order_id"]] = on_event(orders.get(event["order_id"]), event).record
-            if event["transaction_id"]:
-                joined = apply_to_transaction(transaction, event, RETENTION)
-                transaction = joined.record
-                for item in joined.updates:
-                    oid = item["order_id"]
-                    orders[oid] = on_update(orders.get(oid), item).record
-        return {
-            oid: tuple(record["state"][k] for k in STATE_FIELDS) for oid, record in orders.items()
-        }
 
-    results = [run(p) for p in itertools.permutations(inputs)]
-    assert all(r == results[0] for r in results)
-    final = results[0]
-    assert set(final) == {"ord_1", "ord_2", "ord_3", "ord_4", "ord_5"}
-    assert {oid: state[4] for oid, state in final.items()} == dict.fromkeys(final, "SUCCEEDED")
-    assert {oid: state[2] for oid, state in final.items()} == dict.fromkeys(final, "tr_1")
-    assert final["ord_1"][3] == "ACTIVE"
-    assert final["ord_5"][3] == "PENDING"
-    assert final["ord_2"][5] == "https://x/2.pdf"
+def test_without_success_the_latest_claim_decides() -> None:
+    flow = Flow().run(
+        [
+            checkout("tr_1", "PENDING", T0, {"o1": None}),
+            payment("tr_1", "FAILED", T0 + 5),
+            checkout("tr_2", "PENDING", T0 + 10, {"o1": None}),
+            payment("tr_2", "CANCELED", T0 + 15),
+            payment("tr_1", "EXPIRED", T0 + 20),  # the older transaction moves, o1 follows tr_2
+        ]
+    )
+    state = flow.state("o1")
+    assert (state["transaction_id"], state["payment_status"]) == ("tr_2", "CANCELED")
+
+
+def test_double_payment_keeps_the_first_and_reports_both_ids() -> None:
+    stories = [
+        [
+            checkout("tr_1", "SUCCEEDED", T0, {"o1": "5.00"}),
+            checkout("tr_2", "SUCCEEDED", T0 + 10, {"o1": "5.00"}),
+        ],
+        [
+            checkout("tr_2", "SUCCEEDED", T0 + 10, {"o1": "5.00"}),
+            checkout("tr_1", "SUCCEEDED", T0, {"o1": "5.00"}),
+        ],
+    ]
+    for story in stories:
+        flow = Flow().run(story)
+        assert flow.state("o1")["transaction_id"] == "tr_1"
+        assert flow.state("o1")["payment_status"] == "SUCCEEDED"
+        assert len(flow.conflicts) == 1
+        assert "tr_1" in flow.conflicts[0]
+        assert "tr_2" in flow.conflicts[0]
+
+
+# -- money and refunds ---------------------------------------------------------------------------
+
+PAID = checkout("tr_1", "SUCCEEDED", T0, {"o1": "15.70"})
+
+
+def test_partial_refund_leaves_the_status_and_shows_the_amount() -> None:
+    flow = Flow().run([PAID, order_status("o1", "ACTIVE", T0 + 1), refund("o1", "5.00", T0 + 2)])
+    state = flow.state("o1")
+    assert state["order_status"] == "ACTIVE"
+    assert state["refunded_amount"] == money("5.00")
+    assert flow.changes["o1"][-1]["changed_fields"] == ["refunded_amount"]
+    assert flow.changes["o1"][-1]["cause"]["provider_event_type"] == "subscription_event_refund"
+
+
+def test_partial_refunds_that_reach_the_amount_refund_the_order() -> None:
+    flow = Flow().run(
+        [
+            PAID,
+            order_status("o1", "ACTIVE", T0 + 1),
+            refund("o1", "5.00", T0 + 2),
+            refund("o1", "10.70", T0 + 3),
+        ]
+    )
+    state = flow.state("o1")
+    assert state["order_status"] == "REFUNDED"
+    assert state["refunded_amount"] == money("15.70")
+    assert flow.changes["o1"][-1]["changed_fields"] == ["order_status", "refunded_amount"]
+
+
+def test_refund_without_amount_is_a_full_refund() -> None:
+    flow = Flow().run([PAID, order_status("o1", "ACTIVE", T0 + 1), refund("o1", None, T0 + 2)])
+    state = flow.state("o1")
+    assert state["order_status"] == "REFUNDED"
+    assert state["refunded_amount"] == money("15.70")
+
+
+def test_refund_before_the_amount_is_kept_and_applied_when_it_arrives() -> None:
+    flow = Flow().run(
+        [
+            order_status("o1", "ACTIVE", T0),
+            refund("o1", "15.70", T0 + 1),
+        ]
+    )
+    assert flow.state("o1")["order_status"] == "ACTIVE"
+    assert flow.state("o1")["refunded_amount"] == money("15.70")
+    flow.run([PAID])
+    state = flow.state("o1")
+    assert state["amount"] == money("15.70")
+    assert state["order_status"] == "REFUNDED"
+
+
+def test_refund_in_another_currency_is_not_counted() -> None:
+    flow = Flow().run([PAID, refund("o1", "15.70", T0 + 1, currency="HUF")])
+    assert flow.state("o1")["refunded_amount"] is None
+    assert flow.state("o1")["order_status"] is None
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_refunds_converge_in_any_order(seed: int) -> None:
+    story = [
+        PAID,
+        order_status("o1", "ACTIVE", T0 + 1),
+        refund("o1", "5.00", T0 + 2),
+        refund("o1", "3.00", T0 + 3),
+        refund("o1", "7.70", T0 + 4),
+    ]
+    flow = Flow().run_shuffled(story, seed)
+    state = flow.state("o1")
+    assert state["order_status"] == "REFUNDED"
+    assert state["refunded_amount"] == money("15.70")
+    assert state["payment_status"] == "SUCCEEDED"
+    assert_versions_exact(flow)
+
+
+# -- cause ------------------------------------------------------------------------------------
+
+
+def test_cause_names_the_payment_delivery_when_the_order_joins_late() -> None:
+    flow = Flow().run(
+        [
+            payment("tr_1", "SUCCEEDED", T0, delivery_id="pay-1"),
+            order_status("o1", "PENDING", T0 + 100, transaction_id="tr_1", delivery_id="ord-1"),
+        ]
+    )
+    paid = [c for c in flow.changes["o1"] if "payment_status" in c["changed_fields"]]
+    assert len(paid) == 1
+    assert paid[0]["cause"]["delivery_id"] == "pay-1"
+    assert paid[0]["cause"]["kind"] == "payments"
+    assert paid[0]["cause"]["provider_event_type"] == "payment.completed"
+    # The order's own status change names the order delivery.
+    status = [c for c in flow.changes["o1"] if "order_status" in c["changed_fields"]]
+    assert status[0]["cause"]["delivery_id"] == "ord-1"
+
+
+# -- versions never restart ---------------------------------------------------------------------
+
+
+def test_payment_on_day_31_reaches_an_order_pending_since_day_0() -> None:
+    flow = Flow().run(
+        [
+            checkout("tr_1", "PENDING", T0, {"o1": "20.00"}),
+            payment("tr_1", "SUCCEEDED", T0 + 31 * DAY, delivery_id="late-pay"),
+        ]
+    )
+    assert flow.state("o1")["payment_status"] == "SUCCEEDED"
+    assert flow.changes["o1"][-1]["cause"]["delivery_id"] == "late-pay"
+
+
+def test_a_transaction_record_that_expired_is_never_a_reason_to_ignore_its_status() -> None:
+    """With a short join retention the record expires; its next status still applies."""
+    flow = Flow(join_retention=30 * DAY).run(
+        [
+            checkout("tr_1", "PENDING", T0, {"o1": None}),
+            payment("tr_1", "FAILED", T0 + 1),
+            checkout("tr_1", "SUCCEEDED", T0 + 31 * DAY, {"o1": None}),
+        ]
+    )
+    assert flow.transactions["tr_1"]["version"] == 1  # recreated after expiry
+    assert flow.state("o1")["payment_status"] == "SUCCEEDED"
+    assert_versions_exact(flow)
+
+
+def test_order_idle_longer_than_the_retention_keeps_its_versions_and_fields() -> None:
+    story = [
+        checkout("tr_1", "SUCCEEDED", T0, {"o1": "9.99"}),
+        order_status("o1", "ACTIVE", T0 + 1, transaction_id="tr_1", pdf="https://x/o1.pdf"),
+    ]
+    flow = Flow().run(story)
+    version = flow.state("o1")["version"]
+    flow.run([refund("o1", "1.00", T0 + 401 * DAY)])
+    state = flow.state("o1")
+    assert state["version"] == version + 1
+    assert state["transaction_id"] == "tr_1"
+    assert state["confirmation_pdf_url"] == "https://x/o1.pdf"
+    assert state["payment_status"] == "SUCCEEDED"
+    assert state["amount"] == money("9.99")
+    assert state["refunded_amount"] == money("1.00")
+    assert_versions_exact(flow)
+
+
+def test_retiring_a_record_changes_no_later_outcome() -> None:
+    """The sweeper's retire() and the read path agree: the result is the same either way."""
+    story = [
+        checkout("tr_1", "SUCCEEDED", T0, {"o1": "9.99"}),
+        order_status("o1", "ACTIVE", T0 + 1, pdf="https://x/o1.pdf"),
+        refund("o1", "2.00", T0 + 2),
+    ]
+    flow = Flow().run(story)
+    record = flow.orders["o1"]
+    late = refund("o1", "7.99", T0 + 500 * DAY)[0]
+    swept = apply_event(retire(record), late, ENV, YEAR_ISH)
+    unswept = apply_event(record, late, ENV, YEAR_ISH)
+    assert swept.change == unswept.change
+    assert swept.record["state"] == unswept.record["state"]
+    assert swept.record["state"]["order_status"] == "REFUNDED"
+    assert swept.record["state"]["refunded_amount"] == money("9.99")
+    retired = retire(record)
+    assert retired["retired"]
+    assert len(retired["claims"]) <= 1
+    assert len(retired["refunds"]) <= 1
+
+
+# -- idempotence -------------------------------------------------------------------------------
+
+
+def test_replaying_every_input_changes_nothing() -> None:
+    story = [*RECHECKOUT, refund("o1", "1.00", T0 + 50)]
+    flow = Flow().run(story)
+    snapshot = {oid: dict(record) for oid, record in flow.orders.items()}
+    counts = {oid: len(changes) for oid, changes in flow.changes.items()}
+    flow.run(story)
+    assert {oid: len(changes) for oid, changes in flow.changes.items()} == counts
+    assert {oid: record["state"] for oid, record in flow.orders.items()} == {
+        oid: record["state"] for oid, record in snapshot.items()
+    }
+
+
+def test_lower_order_status_is_rejected_and_counted() -> None:
+    flow = Flow().run([order_status("o1", "ACTIVE", T0), order_status("o1", "PENDING", T0 + 1)])
+    assert flow.state("o1")["order_status"] == "ACTIVE"
+    assert flow.rejected == [("order_status", "ACTIVE", "PENDING")]
+
+
+def test_input_record_is_not_mutated() -> None:
+    flow = Flow().run([PAID])
+    record = flow.orders["o1"]
+    frozen = repr(record)
+    apply_event(record, refund("o1", "1.00", T0 + 5)[0], ENV, YEAR_ISH)
+    apply_event(record, order_status("o1", "ACTIVE", T0 + 6, transaction_id="tr_9")[0], ENV, 1)
+    assert repr(record) == frozen
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_a_busy_story_converges_in_any_interleaving(seed: int) -> None:
+    story = [
+        checkout("tr_1", "PENDING", T0, {"o1": "10.00", "o2": "20.00", "o3": "30.00"}),
+        payment("tr_1", "FAILED", T0 + 10),
+        checkout("tr_2", "PENDING", T0 + 20, {"o1": "10.00", "o2": "20.00"}),
+        payment("tr_2", "SUCCEEDED", T0 + 30),
+        checkout("tr_3", "SUCCEEDED", T0 + 40, {"o3": "30.00"}),
+        checkout("tr_4", "SUCCEEDED", T0 + 50, {"o3": "30.00"}),  # a double payment
+        order_status("o1", "ACTIVE", T0 + 60, transaction_id="tr_2", pdf="https://x/1.pdf"),
+        order_status("o2", "ACTIVE", T0 + 61),
+        order_status("o2", "PENDING", T0 + 5),
+        refund("o2", "20.00", T0 + 70),
+        refund("o3", "4.00", T0 + 71),
+    ]
+    flow = Flow().run_shuffled(story, seed)
+    assert fields(flow.state("o1")) == {
+        "transaction_id": "tr_2",
+        "order_status": "ACTIVE",
+        "payment_status": "SUCCEEDED",
+        "confirmation_pdf_url": "https://x/1.pdf",
+        "vignette_id": None,
+        "amount": money("10.00"),
+        "currency": "EUR",
+        "refunded_amount": None,
+    }
+    assert fields(flow.state("o2"))["order_status"] == "REFUNDED"
+    assert fields(flow.state("o2"))["transaction_id"] == "tr_2"
+    o3 = fields(flow.state("o3"))
+    assert (o3["transaction_id"], o3["payment_status"]) == ("tr_3", "SUCCEEDED")
+    assert o3["refunded_amount"] == money("4.00")
+    assert len(flow.conflicts) == 1
+    assert_versions_exact(flow)

@@ -1,0 +1,59 @@
+"""Money as providers send it, turned into exact decimals (PRODUCT.md section 3).
+
+Providers write amounts as JSON numbers (``15.70``). The JSON reader hands
+them over as ``float``; ``repr`` of a float is the shortest text that reads
+back as the same float, which for every amount of at most 15 significant
+digits is the text the provider wrote, so ``Decimal(repr(x))`` recovers it
+exactly. Anything longer, negative, or finer than the Avro scale is not money
+hookline can vouch for and is refused (the delivery is dead-lettered with the
+reason), never rounded.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from streams.adapters.fields import Unmappable
+
+#: The Avro ``decimal`` of OrderState.amount: precision 18, scale 4.
+SCALE = 4
+PRECISION = 18
+MAX_SIGNIFICANT = 15  # what a float carries exactly
+_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_QUANTUM = Decimal(1).scaleb(-SCALE)
+
+
+def amount(value: Any, what: str) -> Decimal | None:
+    """A provider amount as an exact Decimal, or None when absent."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise Unmappable(f"{what} must be a number")
+    text = repr(value) if isinstance(value, float) else str(value)
+    if len(text) > 32:
+        raise Unmappable(f"{what} is too long")
+    try:
+        exact = Decimal(text)
+    except InvalidOperation:
+        raise Unmappable(f"{what} is not a number") from None
+    if not exact.is_finite() or exact < 0:
+        raise Unmappable(f"{what} must be a finite, non-negative number")
+    digits = exact.as_tuple()
+    if len(digits.digits) > MAX_SIGNIFICANT and isinstance(value, float):
+        raise Unmappable(f"{what} has more digits than a JSON number keeps exactly")
+    if exact.adjusted() >= PRECISION - SCALE:
+        raise Unmappable(f"{what} is larger than {PRECISION - SCALE} digits")
+    if exact != exact.quantize(_QUANTUM):
+        raise Unmappable(f"{what} has more than {SCALE} decimals")
+    return exact.quantize(_QUANTUM)
+
+
+def currency(value: Any, what: str) -> str | None:
+    """An ISO 4217 code (three capital letters), or None when absent."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not _CURRENCY.match(value.upper()):
+        raise Unmappable(f"{what} must be an ISO 4217 code")
+    return value.upper()
