@@ -29,8 +29,8 @@ def amount(value: Any, what: str) -> Decimal | None:
     """A provider amount as an exact Decimal, or None when absent."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise Unmappable(f"{what} must be a number")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Unmappable(f"{what} must be a JSON number")
     text = repr(value) if isinstance(value, float) else str(value)
     if len(text) > 32:
         raise Unmappable(f"{what} is too long")
@@ -38,7 +38,7 @@ def amount(value: Any, what: str) -> Decimal | None:
         exact = Decimal(text)
     except InvalidOperation:
         raise Unmappable(f"{what} is not a number") from None
-    if not exact.is_finite() or exact < 0:
+    if not exact.is_finite() or exact.is_signed():
         raise Unmappable(f"{what} must be a finite, non-negative number")
     digits = exact.as_tuple()
     if len(digits.digits) > MAX_SIGNIFICANT and isinstance(value, float):
@@ -54,6 +54,6 @@ def currency(value: Any, what: str) -> str | None:
     """An ISO 4217 code (three capital letters), or None when absent."""
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or not _CURRENCY.match(value.upper()):
+    if not isinstance(value, str) or not value.isascii() or not _CURRENCY.fullmatch(value.upper()):
         raise Unmappable(f"{what} must be an ISO 4217 code")
     return value.upper()

@@ -7,7 +7,9 @@ dev sources file. Every test uses fresh ids, so tests do not see each other.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +76,18 @@ async def post_payment(
     return await post(client, "payments", body)
 
 
+#: Fields every expectation pins (None unless given); money fields only when a test names them.
+PINNED = ("transaction_id", "order_status", "payment_status", "confirmation_pdf_url", "vignette_id")
+
+
 def state(**fields: Any) -> dict[str, Any]:
-    return {name: fields.get(name) for name in STATE_FIELDS}
+    unknown = fields.keys() - set(STATE_FIELDS)
+    assert not unknown, unknown
+    return {name: fields.get(name) for name in PINNED} | fields
+
+
+def money(text: str) -> Decimal:
+    return Decimal(text).quantize(Decimal("0.0001"))
 
 
 async def settle(
@@ -86,7 +98,7 @@ async def settle(
     def done(records: list[Record]) -> bool:
         latest = latest_by_key([r for r in records if r.topic == f"{env}.orders.state"])
         return all(
-            order in latest and {k: latest[order][k] for k in STATE_FIELDS} == want
+            order in latest and {k: latest[order][k] for k in want} == want
             for order, want in expected.items()
         )
 
@@ -130,18 +142,22 @@ async def test_partner_order_checkout_and_confirmation(
         order_status="ACTIVE",
         payment_status="SUCCEEDED",
         confirmation_pdf_url=traffic.pdf_url(order),
+        amount=money("15.70"),
+        currency="EUR",
+        refunded_amount=None,
     )
     states, changes = await settle(service, {order: expected})
     final = states[order]
     assert final["environment"] == "production"
-    # Changes: CREATED->PENDING payment, ACTIVE, pdf, SUCCEEDED; versions 1..n with no gap.
+    # Changes: CREATED->PENDING payment, price, ACTIVE, pdf, SUCCEEDED; versions 1..n, no gap.
     assert versions(changes, order) == list(range(1, final["version"] + 1))
-    assert final["version"] == 4
+    assert final["version"] == 5
     last = max((r for r in changes if r.key == order), key=lambda r: r.value["version"])
     assert last.value["after"] == final
     assert last.value["changed_fields"] == ["payment_status"]
     assert last.value["before"]["payment_status"] == "PENDING"
     assert last.value["cause"]["source"] == "partner"
+    assert last.value["cause"]["provider_event_type"] == "CHECKOUT_STATUS_CHANGED"
 
 
 async def test_vignette_sales_success_rows_and_failure(
@@ -168,6 +184,8 @@ async def test_vignette_sales_success_rows_and_failure(
             order_status="ACTIVE",
             payment_status="SUCCEEDED",
             vignette_id="kp_9",
+            amount=money("30.68"),
+            currency="BGN",
         ),
         # No kapschProperties: the top-level vignetteId applies.
         row_pending: state(
@@ -208,10 +226,10 @@ async def test_payments_statuses_reach_every_order(
         history = [
             r.value["after"]["payment_status"]
             for r in sorted(changes, key=lambda r: r.value["version"])
-            if r.key == order
+            if r.key == order and "payment_status" in r.value["changed_fields"]
         ]
         assert history == ["PENDING", "FAILED", "SUCCEEDED"]
-        assert versions(changes, order) == [1, 2, 3]
+        assert versions(changes, order) == [1, 2, 3, 4]  # and the price
 
 
 async def test_envelope_refund_and_informational_events(
@@ -331,7 +349,7 @@ async def test_order_events_long_after_checkout(
             )
         },
     )
-    assert versions(changes, order) == [1, 2, 3]
+    assert versions(changes, order) == [1, 2, 3, 4]  # payment, price, ACTIVE, pdf
 
 
 async def test_unknown_event_type_is_dead_lettered(
@@ -376,3 +394,104 @@ async def test_dead_letter_carries_a_body_at_the_size_limit(
     letter = await first_record(service, "production.webhooks.deadletter", delivery_id)
     assert letter["envelope"]["body"] == body
     assert "BULK_EXPORT" in letter["reason"]
+
+
+async def test_recheckout_after_a_failed_payment_ends_succeeded(
+    service: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    """PRODUCT v2 section 4: the card is declined, the customer pays in a new checkout."""
+    orders = [traffic.unique("ord"), traffic.unique("ord")]
+    first, second = traffic.unique("tr"), traffic.unique("tr")
+    await post(client, "partner", traffic.checkout(first, orders, "CREATED"))
+    await post_payment(client, first, "failed")
+    await settle(service, {o: state(transaction_id=first, payment_status="FAILED") for o in orders})
+    await post(client, "partner", traffic.checkout(second, orders, "CREATED"))
+    paid = await post_payment(client, second, "completed")
+    expected = {
+        o: state(
+            transaction_id=second, payment_status="SUCCEEDED", amount=money("15.70"), currency="EUR"
+        )
+        for o in orders
+    }
+    _, changes = await settle(service, expected)
+    for order in orders:
+        mine = sorted((r for r in changes if r.key == order), key=lambda r: r.value["version"])
+        assert [r.value["version"] for r in mine] == list(range(1, len(mine) + 1))
+        assert mine[-1].value["changed_fields"] == ["payment_status"]
+        assert mine[-1].value["cause"]["delivery_id"] == paid
+        assert mine[-1].value["cause"]["kind"] == "payments"
+
+
+async def test_partial_refunds_then_full(
+    service: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    order, tx = traffic.unique("ord"), traffic.unique("tr")
+    await post(client, "partner", traffic.checkout(tx, [order], "SUCCESS"))
+    await post(client, "partner", traffic.order_status(order, "ACTIVE", tx))
+    refund = {"order_id": order, "amount": 5.00, "currency": "EUR"}
+    await post(
+        client,
+        "envelope",
+        traffic.envelope_event(traffic.unique("wh"), "subscription_event_refund", refund),
+    )
+    await settle(
+        service,
+        {
+            order: state(
+                transaction_id=tx,
+                order_status="ACTIVE",
+                payment_status="SUCCEEDED",
+                amount=money("15.70"),
+                refunded_amount=money("5.00"),
+            )
+        },
+    )
+    rest = {"order_id": order, "amount": 10.70, "currency": "EUR"}
+    await post(
+        client,
+        "envelope",
+        traffic.envelope_event(traffic.unique("wh"), "subscription_manual_chargeback", rest),
+    )
+    _, changes = await settle(
+        service,
+        {
+            order: state(
+                transaction_id=tx,
+                order_status="REFUNDED",
+                payment_status="SUCCEEDED",
+                amount=money("15.70"),
+                refunded_amount=money("15.70"),
+            )
+        },
+    )
+    last = max((r for r in changes if r.key == order), key=lambda r: r.value["version"])
+    assert last.value["changed_fields"] == ["order_status", "refunded_amount"]
+    assert last.value["cause"]["provider_event_type"] == "subscription_manual_chargeback"
+
+
+async def test_envelope_id_with_other_content_is_a_dead_lettered_conflict(
+    service: dict[str, Any], client: httpx.AsyncClient
+) -> None:
+    order, envelope_id = traffic.unique("ord"), traffic.unique("wh")
+    first = traffic.envelope_event(
+        envelope_id,
+        "subscription_event_refund",
+        {"order_id": order, "amount": 1.0, "currency": "EUR"},
+    )
+    await post(client, "envelope", first)
+    await settle(service, {order: state(refunded_amount=money("1.00"))})
+    other = traffic.envelope_event(
+        envelope_id,
+        "subscription_event_refund",
+        {"order_id": order, "amount": 9.0, "currency": "EUR"},
+    )
+    conflicting = await post(client, "envelope", other)
+    letter = await first_record(service, "production.webhooks.deadletter", conflicting)
+    assert letter["stage"] == "dedup"
+    assert "conflict" in letter["reason"]
+    assert letter["envelope"]["body"] == other
+    # A re-serialized retry of the first is a plain duplicate: no dead letter, no change.
+    await post(client, "envelope", json.dumps(json.loads(first), indent=2).encode())
+    states, changes = await settle(service, {order: state(refunded_amount=money("1.00"))})
+    assert states[order]["version"] == 1
+    assert versions(changes, order) == [1]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from decimal import Decimal
 from typing import Any
 
 import jwt
@@ -17,6 +18,7 @@ from streams.adapters import (
     adapter_for,
     envelope,
     envelope_problem,
+    ordering_key,
     partner,
     payments,
     vignette_sales,
@@ -48,6 +50,8 @@ def base(context: DeliveryContext, index: int = 0) -> dict[str, Any]:
         "confirmation_pdf_url": None,
         "vignette_id": None,
         "error": None,
+        "amount": None,
+        "currency": None,
     }
 
 
@@ -112,8 +116,25 @@ def test_partner_order_status_without_transaction() -> None:
     assert event["order_status"] == "ACTIVE"
 
 
+def priced(context: DeliveryContext, index: int, order_id: str, **fields: Any) -> dict[str, Any]:
+    """An order.priced event of a partner checkout."""
+    return (
+        base(context, index)
+        | {
+            "type": "order.priced",
+            "entity_type": "order",
+            "entity_id": order_id,
+            "provider_event_type": "CHECKOUT_STATUS_CHANGED",
+            "order_id": order_id,
+        }
+        | fields
+    )
+
+
 def test_partner_checkout_multi() -> None:
     events = schema_valid(partner.to_events(payload("partner-checkout-multi.json"), PC))
+    occurred = iso_ms("2026-11-21T10:15:02Z")
+    money = {"amount": Decimal("15.7000"), "currency": "EUR", "occurred_at": occurred}
     assert events == [
         base(PC)
         | {
@@ -121,19 +142,31 @@ def test_partner_checkout_multi() -> None:
             "entity_type": "transaction",
             "entity_id": "tr_8c1f0d2a",
             "provider_event_type": "CHECKOUT_STATUS_CHANGED",
-            "occurred_at": iso_ms("2026-11-21T10:15:02Z"),
+            "occurred_at": occurred,
             "transaction_id": "tr_8c1f0d2a",
             "order_ids": ["ord_5a71", "ord_5a72"],
             "payment_status": "SUCCEEDED",
-        }
+        },
+        priced(PC, 1, "ord_5a71", transaction_id="tr_8c1f0d2a", **money),
+        priced(PC, 2, "ord_5a72", transaction_id="tr_8c1f0d2a", **money),
     ]
+    assert all(type(event["amount"]) is Decimal for event in events[1:])
 
 
 def test_partner_checkout_single_created_is_pending() -> None:
-    [event] = partner.to_events(payload("partner-checkout-single.json"), PC)
-    assert event["payment_status"] == "PENDING"
-    assert event["transaction_id"] == event["entity_id"] == "tr_8c1f0d2b"
-    assert event["order_ids"] == ["ord_5a73"]
+    transaction, order = partner.to_events(payload("partner-checkout-single.json"), PC)
+    assert transaction["payment_status"] == "PENDING"
+    assert transaction["transaction_id"] == transaction["entity_id"] == "tr_8c1f0d2b"
+    assert transaction["order_ids"] == ["ord_5a73"]
+    assert transaction["amount"] is None
+    assert (order["type"], order["order_id"], order["transaction_id"]) == (
+        "order.priced",
+        "ord_5a73",
+        "tr_8c1f0d2b",
+    )
+    assert (order["amount"], order["currency"]) == (Decimal("15.7000"), "EUR")
+    assert order["payment_status"] is None
+    assert order["order_status"] is None
 
 
 @pytest.mark.parametrize(
@@ -141,9 +174,10 @@ def test_partner_checkout_single_created_is_pending() -> None:
 )
 def test_partner_checkout_statuses(status: str, mapped: str) -> None:
     document = dict(payload("partner-checkout-multi.json"), status=status)
-    [event] = partner.to_events(document, PC)
+    event, *prices = partner.to_events(document, PC)
     assert event["payment_status"] == mapped
     assert event["order_ids"] == ["ord_5a71", "ord_5a72"]
+    assert [p["order_id"] for p in prices] == ["ord_5a71", "ord_5a72"]
 
 
 def test_partner_checkout_without_orders() -> None:
@@ -152,6 +186,41 @@ def test_partner_checkout_without_orders() -> None:
     [event] = partner.to_events(document, PC)
     assert event["order_ids"] == []
     assert event["payment_status"] == "SUCCEEDED"
+
+
+def checkout(*orders: dict[str, Any], **top: Any) -> dict[str, Any]:
+    return payload("partner-checkout-multi.json") | {"orders": list(orders)} | top
+
+
+def test_partner_checkout_prices_only_orders_with_an_amount() -> None:
+    document = checkout(
+        {"order_id": "o1", "amount": 10},
+        {"order_id": "o2"},
+        {"order_id": "o3", "amount": None},
+        {"order_id": "o4", "amount": 0.1},
+        currency="huf",
+    )
+    events = schema_valid(partner.to_events(document, PC))
+    assert events[0]["order_ids"] == ["o1", "o2", "o3", "o4"]
+    assert [(e["event_id"], e["order_id"], e["amount"], e["currency"]) for e in events[1:]] == [
+        ("d-p:1", "o1", Decimal("10.0000"), "HUF"),
+        ("d-p:2", "o4", Decimal("0.1000"), "HUF"),
+    ]
+    assert all(e["transaction_id"] == "tr_8c1f0d2a" for e in events[1:])
+
+
+def test_partner_checkout_without_currency_prices_without_currency() -> None:
+    document = checkout({"order_id": "o1", "amount": 15.7})
+    del document["currency"]
+    [_, order] = schema_valid(partner.to_events(document, PC))
+    assert (order["amount"], order["currency"]) == (Decimal("15.7000"), None)
+
+
+def test_partner_checkout_order_listed_twice_is_one_order() -> None:
+    document = checkout({"order_id": "o1", "amount": 5}, {"order_id": "o1", "amount": 5})
+    events = partner.to_events(document, PC)
+    assert events[0]["order_ids"] == ["o1"]
+    assert [e["order_id"] for e in events[1:]] == ["o1"]
 
 
 def test_partner_order_confirmation() -> None:
@@ -206,6 +275,14 @@ def _with(name: str, **changes: Any) -> dict[str, Any]:
         _with("partner-checkout-multi.json", orders=["ord_5a71"]),
         _with("partner-checkout-multi.json", orders=[{"id": "ord_5a71"}]),
         _with("partner-checkout-multi.json", orders=[{"order_id": LONG_ID}]),
+        checkout({"order_id": "o1", "amount": -15.7}),
+        checkout({"order_id": "o1", "amount": "abc"}),
+        checkout({"order_id": "o1", "amount": 1.23456}),
+        checkout({"order_id": "o1", "amount": True}),
+        checkout({"order_id": "o1", "amount": {"value": 1}}),
+        checkout({"order_id": "o1", "amount": 10**15}),
+        checkout({"order_id": "o1", "amount": 1}, currency="EURO"),
+        checkout({"order_id": "o1", "amount": 1}, currency=978),
     ],
 )
 def test_partner_unmappable(document: dict[str, Any]) -> None:
@@ -226,13 +303,24 @@ def test_partner_envelope_problem() -> None:
     assert partner.envelope_problem({"type": "ORDER_STATUS_CHANGED"}) is not None
 
 
-def test_partner_dedup_key_is_the_body() -> None:
+def test_partner_dedup_key_is_the_content() -> None:
     body = payload_bytes("partner-order-status.json")
     document = json.loads(body)
-    assert partner.dedup_key(document, body) == partner.dedup_key(json.loads(body), bytes(body))
+    key, digest = partner.dedup_identity(document, ())
+    assert key == "json:" + digest
+    assert partner.dedup_identity(json.loads(body), ()) == (key, digest)
     other = body.replace(b"AB123CD", b"AB123CE")
-    assert partner.dedup_key(json.loads(other), other) != partner.dedup_key(document, body)
-    assert partner.dedup_key(document, body + b"\n") != partner.dedup_key(document, body)
+    assert partner.dedup_identity(json.loads(other), ())[0] != key
+    # Same content, other bytes: a trailing newline or other indentation is the same delivery.
+    assert partner.dedup_identity(json.loads(body + b"\n"), ())[0] == key
+    assert partner.dedup_identity(json.loads(json.dumps(document, indent=7)), ())[0] == key
+
+
+def test_partner_ordering_key() -> None:
+    assert ordering_key("partner", payload("partner-order-status.json")) == "ord_5a71"
+    assert ordering_key("partner", payload("partner-order-confirmation.json")) == "ord_5a71"
+    assert ordering_key("partner", payload("partner-checkout-multi.json")) == "tr_8c1f0d2a"
+    assert ordering_key("partner", {"event_type": "PING"}) == "PING"
 
 
 # -- vignette-sales ---------------------------------------------------------------------
@@ -268,8 +356,11 @@ def test_vignette_sales_success() -> None:
             "transaction_id": "sale_20261121_0001",
             "order_status": "ACTIVE",
             "vignette_id": "kp_1",
+            "amount": Decimal("30.6800"),
+            "currency": "BGN",
         },
     ]
+    assert events[0]["amount"] is None  # the sale total is not an order's price
 
 
 def sale_with_rows(*rows: Any, vignette_id: str = "vg_7731") -> dict[str, Any]:
@@ -317,6 +408,43 @@ def test_vignette_sales_rows() -> None:
     ]
     assert all(e["transaction_id"] == "sale_20261121_0001" for e in orders)
     assert all(e["payment_status"] is None for e in orders)
+
+
+def test_vignette_sales_rows_carry_their_price() -> None:
+    document = sale_with_rows(
+        row("r1", True, {"id": "kp_a", "price": {"currency": "EUR", "amount": 15.70}}),
+        row("r2", True, {"id": "kp_b", "price": {"currency": "bgn", "amount": 30}}),
+        row("r3", True, {"id": "kp_c"}),
+        row("r4", True, {"id": "kp_d", "price": "30.68 BGN"}),
+        row("r5", True, {"id": "kp_e", "price": {"currency": "BGN"}}),
+        row("r6", True, {"id": "kp_f", "price": {"amount": 0.1}}),
+    )
+    events = schema_valid(vignette_sales.to_events(document, VC))
+    assert [(e["order_id"], e["amount"], e["currency"]) for e in events[1:]] == [
+        ("r1", Decimal("15.7000"), "EUR"),
+        ("r2", Decimal("30.0000"), "BGN"),
+        ("r3", None, None),
+        ("r4", None, None),
+        ("r5", None, None),  # a currency without an amount is no price
+        ("r6", Decimal("0.1000"), None),
+    ]
+
+
+@pytest.mark.parametrize(
+    "price",
+    [
+        {"currency": "BGN", "amount": -30.68},
+        {"currency": "BGN", "amount": "abc"},
+        {"currency": "BGN", "amount": 1.23456},
+        {"currency": "BGN", "amount": False},
+        {"currency": "BG", "amount": 30.68},
+        {"currency": 975, "amount": 30.68},
+    ],
+)
+def test_vignette_sales_bad_price_is_unmappable(price: dict[str, Any]) -> None:
+    document = sale_with_rows(row("r1", True, {"id": "kp_a", "price": price}))
+    with pytest.raises(Unmappable, match="'r1'"):
+        vignette_sales.to_events(document, VC)
 
 
 def test_vignette_sales_row_without_any_vignette_id() -> None:
@@ -423,12 +551,18 @@ def test_vignette_sales_envelope_problem() -> None:
     assert vignette_sales.envelope_problem({"saleId": "s", "vignetteSale": True}) is not None
 
 
-def test_vignette_sales_dedup_key_is_the_body() -> None:
+def test_vignette_sales_dedup_key_is_the_content() -> None:
     body = payload_bytes(SALE_OK)
-    same = vignette_sales.dedup_key(json.loads(body), body)
-    assert vignette_sales.dedup_key(payload(SALE_OK), payload_bytes(SALE_OK)) == same
+    same, digest = vignette_sales.dedup_identity(json.loads(body), ())
+    assert same == "json:" + digest
+    assert vignette_sales.dedup_identity(payload(SALE_OK), ()) == (same, digest)
     other = payload_bytes(SALE_FAILED)
-    assert vignette_sales.dedup_key(json.loads(other), other) != same
+    assert vignette_sales.dedup_identity(json.loads(other), ())[0] != same
+
+
+def test_vignette_sales_ordering_key_is_the_sale() -> None:
+    assert ordering_key("vignette-sales", payload(SALE_OK)) == "sale_20261121_0001"
+    assert ordering_key("vignette-sales", payload(SALE_FAILED)) == "sale_20261121_0002"
 
 
 # -- payments -------------------------------------------------------------------------
@@ -491,7 +625,7 @@ def test_payments_unreadable_token_is_unmappable(document: dict[str, Any]) -> No
     with pytest.raises(Unmappable):
         payments.to_events(document, YC)
     with pytest.raises(Unmappable):
-        payments.dedup_key(document, b"{}")
+        payments.dedup_identity(document, ())
 
 
 def test_payments_envelope_problem() -> None:
@@ -501,8 +635,9 @@ def test_payments_envelope_problem() -> None:
 
 
 def _key(claims: dict[str, Any], key: str = KEY) -> str:
-    document = payments_doc(claims, key)
-    return payments.dedup_key(document, json.dumps(document).encode())
+    dedup_key, digest = payments.dedup_identity(payments_doc(claims, key), ())
+    assert dedup_key == "claims:" + digest
+    return dedup_key
 
 
 def test_payments_dedup_key_ignores_signing_claims() -> None:
@@ -518,7 +653,7 @@ def test_payments_dedup_key_ignores_signing_claims() -> None:
 def test_payments_dedup_key_ignores_claim_order_and_token_header() -> None:
     reordered = dict(reversed(list(CLAIMS.items())))
     document = {"token": token(reordered, KEY, kid="k2")}
-    assert payments.dedup_key(document, b"") == _key(CLAIMS)
+    assert payments.dedup_identity(document, ())[0] == _key(CLAIMS)
 
 
 @pytest.mark.parametrize(
@@ -538,6 +673,18 @@ def test_payments_dedup_key_sees_other_claims(changed: dict[str, Any]) -> None:
     assert _key({**CLAIMS, **changed}) != _key(CLAIMS)
 
 
+def test_payments_carry_no_amount() -> None:
+    # paymentDetails.amount is the payment's, not an order's price (PRODUCT.md section 4).
+    [event] = payments.to_events(payments_doc(CLAIMS), YC)
+    assert (event["amount"], event["currency"]) == (None, None)
+
+
+def test_payments_ordering_key_is_the_order_reference() -> None:
+    assert ordering_key("payments", payments_doc(CLAIMS)) == "tr_8c1f0d2a"
+    resigned = payments_doc({**CLAIMS, "iat": 1_700_000_000, "jti": "r2"})
+    assert ordering_key("payments", resigned) == "tr_8c1f0d2a"
+
+
 # -- envelope ----------------------------------------------------------------------------
 
 EC = ctx("d-e", T0, kind="envelope", source_name="envelope")
@@ -554,7 +701,8 @@ def test_envelope_refund_refunds_the_order() -> None:
             "provider_event_type": "subscription_event_refund",
             "occurred_at": iso_ms("2026-11-22T09:00:00Z"),
             "order_id": "ord_5a72",
-            "order_status": "REFUNDED",
+            "amount": Decimal("15.7000"),
+            "currency": "EUR",
         }
     ]
 
@@ -564,8 +712,48 @@ def test_envelope_chargeback_refunds_the_order() -> None:
     [event] = envelope.to_events(document, EC)
     assert event["type"] == "order.refunded"
     assert event["order_id"] == "ord_5a72"
-    assert event["order_status"] == "REFUNDED"
+    # The order state decides REFUNDED (amount against the order's price), not the adapter.
+    assert event["order_status"] is None
+    assert (event["amount"], event["currency"]) == (Decimal("15.7000"), "EUR")
     assert event["provider_event_type"] == "subscription_manual_chargeback"
+
+
+def refund(**data: Any) -> dict[str, Any]:
+    document = payload("envelope-refund.json")
+    for key, value in data.items():
+        if value is ...:
+            del document["data"][key]
+        else:
+            document["data"][key] = value
+    return document
+
+
+@pytest.mark.parametrize(
+    ("data", "amount", "currency"),
+    [
+        ({"amount": ..., "currency": ...}, None, None),  # a full refund
+        ({"amount": None}, None, "EUR"),
+        ({"amount": 5}, Decimal("5.0000"), "EUR"),
+        ({"amount": 0.1, "currency": "huf"}, Decimal("0.1000"), "HUF"),
+        ({"amount": 15.70, "currency": ...}, Decimal("15.7000"), None),
+    ],
+)
+def test_envelope_refund_amounts(
+    data: dict[str, Any], amount: Decimal | None, currency: Any
+) -> None:
+    [event] = schema_valid(envelope.to_events(refund(**data), EC))
+    assert event["type"] == "order.refunded"
+    assert (event["amount"], event["currency"]) == (amount, currency)
+    assert event["order_status"] is None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{"amount": -1}, {"amount": "abc"}, {"amount": 1.23456}, {"amount": True}, {"currency": "EU"}],
+)
+def test_envelope_refund_bad_amount_is_unmappable(data: dict[str, Any]) -> None:
+    with pytest.raises(Unmappable, match="data"):
+        envelope.to_events(refund(**data), EC)
 
 
 @pytest.mark.parametrize("order_id", [..., None, ""])
@@ -634,12 +822,26 @@ def test_envelope_unmappable(document: dict[str, Any]) -> None:
 
 
 def test_envelope_dedup_key_is_the_id() -> None:
-    refund = payload("envelope-refund.json")
-    resent = dict(refund, created_at="2026-11-22T09:05:00Z")
-    assert envelope.dedup_key(refund, b"a") == envelope.dedup_key(resent, b"b")
+    first = payload("envelope-refund.json")
+    resent = dict(first, created_at="2026-11-22T09:05:00Z")
+    key, digest = envelope.dedup_identity(first, ())
+    assert key == "id:wh_01JD8Q5R2N7"
+    assert envelope.dedup_identity(resent, ())[0] == key
+    assert envelope.dedup_identity(resent, ())[1] != digest  # other content: a conflict
+    assert envelope.dedup_identity(payload("envelope-refund.json"), ()) == (key, digest)
     other = payload("envelope-user-create.json")
-    assert envelope.dedup_key(other, b"a") != envelope.dedup_key(refund, b"a")
-    assert "wh_01JD8Q5R2N7" in envelope.dedup_key(refund, b"")
+    assert envelope.dedup_identity(other, ())[0] != key
+
+
+def test_envelope_ordering_key_is_the_id() -> None:
+    assert ordering_key("envelope", payload("envelope-refund.json")) == "wh_01JD8Q5R2N7"
+    assert ordering_key("envelope", payload("envelope-user-create.json")) == "wh_01JD8Q5R2N8"
+    conflicting = refund(order_id="ord_other", amount=1)
+    assert ordering_key("envelope", conflicting) == "wh_01JD8Q5R2N7"
+
+
+def test_ordering_key_is_bounded() -> None:
+    assert ordering_key("envelope", {"id": "i" * 1000, "type": "t", "data": {}}) == "i" * 256
 
 
 def test_envelope_envelope_problem() -> None:

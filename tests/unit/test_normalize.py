@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal
 from typing import Any
 
 import jwt
@@ -14,16 +15,18 @@ from hookline.sources import DEFAULT_DEDUP_WINDOW_MS, Source
 from schemas import codec
 from streams.adapters import adapter_for
 from streams.events import DeliveryContext
-from streams.normalize import Normalized, normalize
+from streams.normalize import DeadLetter, Delivery, dead_letter, normalize
 from tests.unit.helpers import T0, payload, payload_bytes, source
 
 HOUR = 3_600_000
+IGNORE = ("sent_at", "meta.attempt")
 SOURCES: dict[str, Source] = {
-    "partner": source("partner", "partner", "token", dedup_window_ms=HOUR),
+    "partner": source("partner", "partner", "token", dedup_window_ms=HOUR, dedup_ignore=IGNORE),
     "partner-sandbox": source("partner-sandbox", "partner", "token", environment="sandbox"),
     "vignette-sales": source("vignette-sales", "vignette-sales", "hmac-sha256"),
     "payments": source("payments", "payments", "jwt-hs256", dedup_window_ms=72 * HOUR),
     "envelope": source("envelope", "envelope", "token", dedup_window_ms=2 * HOUR),
+    "envelope-ignoring": source("envelope-ignoring", "envelope", "token", dedup_ignore=IGNORE),
 }
 KEY = "payments-jwt-key-0123456789abcdef-0123"
 
@@ -47,14 +50,22 @@ def raw(
     return delivery_id.encode(), codec.encode(codec.WEBHOOK_ENVELOPE, envelope), envelope
 
 
-def run(key: bytes | None, value: bytes | None, environment: str = "production") -> Normalized:
+def run(
+    key: bytes | None, value: bytes | None, environment: str = "production"
+) -> Delivery | DeadLetter:
     return normalize(key, value, environment, SOURCES)
 
 
-def dead_letter(result: Normalized, stage: str) -> dict[str, Any]:
-    assert result.dead_letter
+def delivered(key: bytes | None, value: bytes | None, environment: str = "production") -> Delivery:
+    result = run(key, value, environment)
+    assert isinstance(result, Delivery), result
+    return result
+
+
+def dead(result: Delivery | DeadLetter, stage: str) -> dict[str, Any]:
+    assert isinstance(result, DeadLetter), result
     record = codec.decode_as(codec.DEAD_LETTER, result.value)
-    assert record == result.detail
+    assert record == result.record
     assert record["stage"] == stage
     assert record["reason"]
     assert len(record["reason"]) <= 1000
@@ -83,63 +94,130 @@ GOOD = [
 def test_good_record_becomes_a_delivery(source_name: str, name: str) -> None:
     body = payload_bytes(name)
     key, value, envelope = raw(source_name, body)
-    result = run(key, value)
-    assert not result.dead_letter
-    delivery = codec.decode_as(codec.DELIVERY, result.value)
-    assert delivery == result.detail
+    delivery = delivered(key, value)
     adapter = adapter_for(SOURCES[source_name].kind)
     document = json.loads(body)
     ctx = DeliveryContext(envelope["delivery_id"], source_name, envelope["kind"], "production", T0)
-    assert delivery["delivery_id"] == envelope["delivery_id"]
-    assert delivery["source"] == source_name
-    assert delivery["received_at"] == T0
-    assert delivery["dedup_key"] == f"{source_name}|{adapter.dedup_key(document, body)}"
-    assert delivery["dedup_window_ms"] == SOURCES[source_name].dedup_window_ms
-    assert delivery["events"] == adapter.to_events(document, ctx)
-    assert result.key  # a record key, the same for every copy of the delivery (below)
+    kind_key, digest = adapter.dedup_identity(document, SOURCES[source_name].dedup_ignore)
+    assert delivery.envelope == envelope
+    assert delivery.envelope["delivery_id"] == key.decode()
+    assert delivery.dedup_key == f"{source_name}|{kind_key}"
+    assert delivery.content_digest == digest
+    assert len(delivery.content_digest) == 64
+    assert delivery.window_ms == SOURCES[source_name].dedup_window_ms
+    assert delivery.events == adapter.to_events(document, ctx)
+    assert delivery.events
+    for event in delivery.events:  # every event is publishable as is
+        encoded = codec.encode(codec.CANONICAL_EVENT, event)
+        assert codec.decode_as(codec.CANONICAL_EVENT, encoded) == event
 
 
 def test_payments_record_becomes_a_delivery() -> None:
     body = payments_body(**CLAIMS)
-    key, value, _ = raw("payments", body)
-    delivery = codec.decode_as(codec.DELIVERY, run(key, value).value)
-    assert delivery["dedup_window_ms"] == 72 * HOUR
-    assert delivery["dedup_key"].startswith("payments|")
-    [event] = delivery["events"]
+    delivery = delivered(*raw("payments", body)[:2])
+    assert delivery.window_ms == 72 * HOUR
+    assert delivery.dedup_key == f"payments|claims:{delivery.content_digest}"
+    [event] = delivery.events
     assert (event["transaction_id"], event["payment_status"]) == ("tr_8c1f0d2a", "SUCCEEDED")
+
+
+def test_money_reaches_the_events() -> None:
+    checkout = delivered(*raw("partner", payload_bytes("partner-checkout-multi.json"))[:2])
+    assert [(e["type"], e["amount"], e["currency"]) for e in checkout.events] == [
+        ("transaction.status_changed", None, None),
+        ("order.priced", Decimal("15.7000"), "EUR"),
+        ("order.priced", Decimal("15.7000"), "EUR"),
+    ]
+    refund = delivered(*raw("envelope", payload_bytes("envelope-refund.json"))[:2])
+    [event] = refund.events
+    assert (event["type"], event["amount"], event["currency"]) == (
+        "order.refunded",
+        Decimal("15.7000"),
+        "EUR",
+    )
 
 
 def test_retries_meet_under_one_key() -> None:
     body = payload_bytes("partner-order-status.json")
-    first = run(*raw("partner", body, T0)[:2])
-    retry = run(*raw("partner", body, T0 + 60_000)[:2])
-    assert first.key == retry.key
-    assert first.detail["dedup_key"] == retry.detail["dedup_key"]
-    assert first.detail["delivery_id"] != retry.detail["delivery_id"]
+    first = delivered(*raw("partner", body, T0)[:2])
+    retry = delivered(*raw("partner", body, T0 + 60_000)[:2])
+    assert first.dedup_key == retry.dedup_key
+    assert first.content_digest == retry.content_digest
+    assert first.envelope["delivery_id"] != retry.envelope["delivery_id"]
 
     resigned = [payments_body(**CLAIMS, iat=1_700_000_000 + n, jti=f"j{n}") for n in range(2)]
     assert resigned[0] != resigned[1]
-    a, b = (run(*raw("payments", body)[:2]) for body in resigned)
-    assert a.detail["dedup_key"] == b.detail["dedup_key"]
-    assert a.key == b.key
+    a, b = (delivered(*raw("payments", body)[:2]) for body in resigned)
+    assert a.dedup_key == b.dedup_key
+    assert a.content_digest == b.content_digest
+
+
+def test_reserialized_retry_meets_under_one_key() -> None:
+    body = payload_bytes("partner-checkout-multi.json")
+    document = json.loads(body)
+    reordered = json.dumps(dict(reversed(list(document.items()))), indent=4).encode()
+    assert b"15.70" in body
+    assert b"15.70" not in reordered
+    assert reordered != body
+    first = delivered(*raw("partner", body)[:2])
+    retry = delivered(*raw("partner", reordered)[:2])
+    assert (first.dedup_key, first.content_digest) == (retry.dedup_key, retry.content_digest)
+    changed = body.replace(b'"amount": 15.70}', b'"amount": 15.71}', 1)
+    assert changed != body
+    assert delivered(*raw("partner", changed)[:2]).dedup_key != first.dedup_key
+
+
+def with_fields(name: str, **fields: Any) -> bytes:
+    return json.dumps(payload(name) | fields).encode()
+
+
+def test_the_sources_dedup_ignore_is_applied() -> None:
+    name = "partner-order-status.json"
+    first = with_fields(name, sent_at="10:00:00", meta={"attempt": 1, "trace": "t1"})
+    retry = with_fields(name, sent_at="10:05:00", meta={"attempt": 2, "trace": "t1"})
+    other = with_fields(name, sent_at="10:05:00", meta={"attempt": 2, "trace": "t2"})
+    a, b, c = (delivered(*raw("partner", body)[:2]) for body in (first, retry, other))
+    assert a.dedup_key == b.dedup_key
+    assert a.content_digest == b.content_digest
+    assert c.dedup_key != a.dedup_key  # meta.trace is not ignored
+    # The same bodies from a source without dedup_ignore are different deliveries.
+    plain = [delivered(*raw("partner-sandbox", body)[:2], "sandbox") for body in (first, retry)]
+    assert plain[0].dedup_key != plain[1].dedup_key
+
+
+def test_envelope_dedup_ignore_turns_a_conflict_into_a_retry() -> None:
+    name = "envelope-refund.json"
+    first = with_fields(name, sent_at="09:00:00")
+    retry = with_fields(name, sent_at="09:05:00")
+    plain = [delivered(*raw("envelope", body)[:2]) for body in (first, retry)]
+    ignoring = [delivered(*raw("envelope-ignoring", body)[:2]) for body in (first, retry)]
+    assert plain[0].dedup_key == plain[1].dedup_key == "envelope|id:wh_01JD8Q5R2N7"
+    assert plain[0].content_digest != plain[1].content_digest
+    assert ignoring[0].dedup_key == ignoring[1].dedup_key == "envelope-ignoring|id:wh_01JD8Q5R2N7"
+    assert ignoring[0].content_digest == ignoring[1].content_digest
 
 
 def test_different_bodies_and_sources_have_different_dedup_keys() -> None:
-    status = run(*raw("partner", payload_bytes("partner-order-status.json"))[:2])
-    confirmation = run(*raw("partner", payload_bytes("partner-order-confirmation.json"))[:2])
-    assert status.detail["dedup_key"] != confirmation.detail["dedup_key"]
+    status = delivered(*raw("partner", payload_bytes("partner-order-status.json"))[:2])
+    confirmation = delivered(*raw("partner", payload_bytes("partner-order-confirmation.json"))[:2])
+    assert status.dedup_key != confirmation.dedup_key
     body = payload_bytes("partner-order-status.json")
     sandbox = normalize(*raw("partner-sandbox", body)[:2], "sandbox", SOURCES)
-    assert not sandbox.dead_letter
-    assert sandbox.detail["dedup_key"] != status.detail["dedup_key"]
+    assert isinstance(sandbox, Delivery)
+    assert sandbox.dedup_key != status.dedup_key
+    assert sandbox.content_digest == status.content_digest  # same content, other source
 
 
-def test_unknown_source_gets_the_default_window() -> None:
-    ghost = source("ghost", "partner", "token")
-    key, value, _ = raw("ghost", payload_bytes("partner-order-status.json"), src=ghost)
-    result = run(key, value)
-    assert not result.dead_letter
-    assert result.detail["dedup_window_ms"] == DEFAULT_DEDUP_WINDOW_MS
+def test_unknown_source_gets_the_default_window_and_no_ignore() -> None:
+    # The ghost source names fields to ignore, but the worker's sources do not know it.
+    ghost = source("ghost", "partner", "token", dedup_window_ms=HOUR, dedup_ignore=IGNORE)
+    name = "partner-order-status.json"
+    first, retry = (with_fields(name, sent_at=at) for at in ("10:00:00", "10:05:00"))
+    a = delivered(*raw("ghost", first, src=ghost)[:2])
+    b = delivered(*raw("ghost", retry, src=ghost)[:2])
+    assert a.window_ms == b.window_ms == DEFAULT_DEDUP_WINDOW_MS
+    assert a.dedup_key.startswith("ghost|json:")
+    assert a.dedup_key != b.dedup_key
 
 
 # -- dead letters -----------------------------------------------------------------------
@@ -158,7 +236,7 @@ def test_unknown_source_gets_the_default_window() -> None:
 def test_garbage_is_dead_lettered_at_decode(value: bytes | None) -> None:
     before = int(time.time() * 1000)
     result = run(b"some-delivery-id", value)
-    record = dead_letter(result, "decode")
+    record = dead(result, "decode")
     assert result.key == b"some-delivery-id"
     assert record["delivery_id"] == "some-delivery-id"
     assert record["envelope"]["body"] == (value or b"")
@@ -167,25 +245,27 @@ def test_garbage_is_dead_lettered_at_decode(value: bytes | None) -> None:
 
 
 def test_garbage_without_key_is_dead_lettered() -> None:
-    record = dead_letter(run(None, b"garbage"), "decode")
+    result = run(None, b"garbage")
+    record = dead(result, "decode")
     assert record["delivery_id"]
+    assert result.key == b""
 
 
 def test_other_record_type_is_dead_lettered_at_decode() -> None:
     entry = codec.encode(codec.DEDUP_ENTRY, {"delivery_id": "d", "received_at": 1, "expires_at": 2})
-    dead_letter(run(b"k", entry), "decode")
+    dead(run(b"k", entry), "decode")
 
 
 def test_truncated_envelope_is_dead_lettered_at_decode() -> None:
     key, value, _ = raw("partner", payload_bytes("partner-order-status.json"))
-    record = dead_letter(run(key, value[:-3]), "decode")
+    record = dead(run(key, value[:-3]), "decode")
     assert record["envelope"]["body"] == value[:-3]
 
 
 def test_environment_mismatch_is_dead_lettered() -> None:
     key, value, envelope = raw("partner-sandbox", payload_bytes("partner-order-status.json"))
     result = run(key, value, environment="production")
-    record = dead_letter(result, "decode")
+    record = dead(result, "decode")
     assert record["envelope"] == envelope
     assert "sandbox" in record["reason"]
 
@@ -194,7 +274,7 @@ def test_unknown_partner_event_type_is_dead_lettered_with_complete_envelope() ->
     body = json.dumps({"event_type": "ORDER_TELEPORTED", "order_id": "ord_1"}).encode()
     key, value, envelope = raw("partner", body)
     result = run(key, value)
-    record = dead_letter(result, "normalize")
+    record = dead(result, "normalize")
     assert record["envelope"] == envelope  # replayable: every field, body byte for byte
     assert record["envelope"]["body"] == body
     assert "ORDER_TELEPORTED" in record["reason"]
@@ -228,7 +308,7 @@ def test_unknown_partner_event_type_is_dead_lettered_with_complete_envelope() ->
 )
 def test_unmappable_bodies_are_dead_lettered_at_normalize(source_name: str, body: bytes) -> None:
     key, value, envelope = raw(source_name, body)
-    record = dead_letter(run(key, value), "normalize")
+    record = dead(run(key, value), "normalize")
     assert record["envelope"] == envelope
 
 
@@ -236,12 +316,68 @@ def test_unknown_kind_is_dead_lettered_at_normalize() -> None:
     odd = source("odd", "partner", "token")
     key, _, envelope = raw("odd", b"{}", src=odd)
     envelope = dict(envelope, kind="fax")
-    record = dead_letter(run(key, codec.encode(codec.WEBHOOK_ENVELOPE, envelope)), "normalize")
+    record = dead(run(key, codec.encode(codec.WEBHOOK_ENVELOPE, envelope)), "normalize")
     assert record["envelope"] == envelope
 
 
 def test_envelope_body_without_id_is_dead_lettered() -> None:
     body = json.dumps({"type": "subscription_event_refund", "data": {"order_id": "o"}}).encode()
     key, value, envelope = raw("envelope", body)
-    record = dead_letter(run(key, value), "normalize")
+    record = dead(run(key, value), "normalize")
     assert record["envelope"] == envelope
+
+
+def checkout_amount(amount: Any) -> bytes:
+    document = payload("partner-checkout-single.json")
+    document["orders"][0]["amount"] = amount
+    return json.dumps(document).encode()
+
+
+def refund_amount(amount: Any) -> bytes:
+    document = payload("envelope-refund.json")
+    document["data"]["amount"] = amount
+    return json.dumps(document).encode()
+
+
+def row_amount(amount: Any) -> bytes:
+    document = payload("vignette-sales-success.json")
+    document["vignetteSale"]["data"]["saleRows"][0]["kapschProperties"]["price"]["amount"] = amount
+    return json.dumps(document).encode()
+
+
+@pytest.mark.parametrize("amount", [-15.7, "abc", 1.23456, True, 10**15])
+@pytest.mark.parametrize(
+    ("source_name", "body_of", "named"),
+    [
+        ("partner", checkout_amount, "amount of order 'ord_5a73'"),
+        ("envelope", refund_amount, "'data.amount'"),
+        ("vignette-sales", row_amount, "price of row 'row_1'"),
+    ],
+)
+def test_bad_amount_is_dead_lettered_at_normalize(
+    source_name: str, body_of: Any, named: str, amount: Any
+) -> None:
+    key, value, envelope = raw(source_name, body_of(amount))
+    record = dead(run(key, value), "normalize")
+    assert named in record["reason"]
+    assert record["envelope"] == envelope
+
+
+def test_bad_amount_in_a_raw_body_is_dead_lettered() -> None:
+    # Exactly as a provider might write it: more decimals than the scale keeps.
+    body = payload_bytes("partner-checkout-single.json").replace(
+        b'"amount": 15.70}', b'"amount": 15.70001}'
+    )
+    assert b"15.70001" in body
+    record = dead(run(*raw("partner", body)[:2]), "normalize")
+    assert "amount of order 'ord_5a73'" in record["reason"]
+    assert "decimals" in record["reason"]
+
+
+def test_dead_letter_reason_is_bounded() -> None:
+    _, _, envelope = raw("envelope", payload_bytes("envelope-refund.json"))
+    letter = dead_letter(envelope, "dedup", "conflict: " + "x" * 5000, b"k")
+    record = codec.decode_as(codec.DEAD_LETTER, letter.value)
+    assert record == letter.record
+    assert record["reason"] == ("conflict: " + "x" * 5000)[:1000]
+    assert (record["stage"], letter.key, record["envelope"]) == ("dedup", b"k", envelope)
