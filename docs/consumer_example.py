@@ -6,12 +6,18 @@ Reads ``production.orders.changes`` from the beginning and keeps, per order,
 the highest version applied. A record whose version is not higher than the
 one already applied is a redelivery (at-least-once) and is skipped, so the
 consumer can crash and restart anywhere without applying anything twice.
+
+``codec.decode`` gives timestamps (``updated_at``, ``cause.received_at``) as
+UTC epoch milliseconds and money (``amount``, ``refunded_amount``) as exact
+``decimal.Decimal``; records written with an older schema release come back
+with today's fields (new ones at their defaults).
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -51,9 +57,12 @@ async def follow(bootstrap: str, topic: str = "production.orders.changes") -> No
                 continue  # a newer record type this consumer does not know
             if view.apply(change):
                 after = change["after"]
+                updated = datetime.fromtimestamp(after["updated_at"] / 1000, UTC)  # UTC epoch ms
                 print(
-                    f"{change['order_id']} v{change['version']}: "
+                    f"{change['order_id']} v{change['version']} at {updated.isoformat()}: "
                     f"order={after['order_status']} payment={after['payment_status']} "
+                    f"amount={after['amount']} {after['currency'] or ''} "
+                    f"refunded={after['refunded_amount']} "
                     f"({', '.join(change['changed_fields'])})"
                 )
             # Commit after applying: a crash in between means a redelivery, which apply() skips.
