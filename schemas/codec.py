@@ -12,14 +12,22 @@ removed. That changes neither the bytes nor the fingerprint (the canonical
 form ignores logical types); external readers using the ``.avsc`` files get
 datetimes. Money keeps its ``decimal`` logical type everywhere, so it is a
 :class:`decimal.Decimal` in Python and never passes through a float.
+
+Versions (``schemas/README.md``): ``released/vN/`` holds the complete folder of
+release N. The registry knows every fingerprint of every release, so a record
+written years ago still decodes; an older writer schema is resolved to the
+*current* schema of the same full name, so callers always see today's fields
+(added ones take their defaults). Records written with the current schema, the
+common case, are read directly without resolution.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +35,8 @@ import fastavro
 from fastavro.schema import UnknownType, fingerprint, load_schema, to_parsing_canonical_form
 
 SCHEMA_DIR = Path(__file__).resolve().parent
+RELEASED_DIR = SCHEMA_DIR / "released"
+INTERNAL_PREFIX = "hookline.internal."
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
 
@@ -42,10 +52,24 @@ class Schema:
     parsed: Any  # as written: logical types intact
     plain: Any  # logical types stripped: same bytes, ints for timestamps
     fields: frozenset[str]
+    #: Every release whose folder holds this exact schema (same fingerprint).
+    releases: tuple[int, ...] = field(default=(), compare=False)
+    #: True for the schema in ``schemas/`` itself, the one ``encode`` writes.
+    current: bool = field(default=True, compare=False)
 
     @property
     def header(self) -> bytes:
         return MAGIC + self.fingerprint
+
+    @property
+    def version(self) -> int:
+        """The first release that held this schema: its version number."""
+        return self.releases[0]
+
+    @property
+    def public(self) -> bool:
+        """Public schemas are a contract with consumers; internal ones only with older workers."""
+        return not self.name.startswith(INTERNAL_PREFIX)
 
 
 def _strip_logical(node: Any) -> Any:
@@ -86,34 +110,120 @@ def crc64_avro_fingerprint(canonical_form: str) -> bytes:
     return bytes.fromhex(fingerprint(canonical_form, "CRC-64-AVRO"))
 
 
-class Registry:
-    """All schemas of a folder, by full name and by fingerprint."""
+@dataclass(frozen=True)
+class _Loaded:
+    """One schema as one folder defines it, before releases are assigned."""
 
-    def __init__(self, directory: Path = SCHEMA_DIR) -> None:
-        self._by_name: dict[str, Schema] = {}
+    name: str
+    fingerprint: bytes
+    parsed: Any
+    plain: Any
+    fields: frozenset[str]
+
+
+def load_folder(directory: Path) -> dict[str, _Loaded]:
+    """Every ``.avsc`` of one folder, named types resolved within that folder only.
+
+    A snapshot must be read on its own: ``released/v1/hookline.OrderChange.avsc``
+    means the v1 ``OrderState``, never today's.
+    """
+    raws = {path.stem: json.loads(path.read_text()) for path in directory.glob("*.avsc")}
+    parsed = _parse_all(raws)
+    plain = _parse_all({name: _strip_logical(raw) for name, raw in raws.items()})
+    loaded = {}
+    for name, raw in sorted(raws.items()):
+        # The canonical form must inline each referenced named type at its
+        # first use, as a reader loading the .avsc from this folder sees it;
+        # load_schema does that (parse_schema leaves bare names).
+        standalone = load_schema(directory / f"{name}.avsc", named_schemas={})
+        fp = crc64_avro_fingerprint(to_parsing_canonical_form(standalone))
+        fields = frozenset(f["name"] for f in raw.get("fields", ()))
+        loaded[name] = _Loaded(name, fp, parsed[name], plain[name], fields)
+    return loaded
+
+
+def released_folders(released: Path) -> dict[int, Path]:
+    """``released/vN`` folders by release number N."""
+    folders = {}
+    if released.is_dir():
+        for path in released.iterdir():
+            match = re.fullmatch(r"v([1-9][0-9]*)", path.name)
+            if match and path.is_dir():
+                folders[int(match.group(1))] = path
+    return dict(sorted(folders.items()))
+
+
+class Registry:
+    """Every schema of every release, by fingerprint; the current ones by full name."""
+
+    def __init__(self, directory: Path = SCHEMA_DIR, released: Path | None = None) -> None:
+        released = directory / "released" if released is None else released
+        snapshots = {n: load_folder(p) for n, p in released_folders(released).items()}
+        current = load_folder(directory)
+        newest = max(snapshots, default=0)
+        same_as_newest = newest > 0 and {n: s.fingerprint for n, s in current.items()} == {
+            n: s.fingerprint for n, s in snapshots[newest].items()
+        }
+        #: The release the current folder is (or will be when released).
+        self.current_release = newest if same_as_newest else newest + 1
+
+        releases: dict[bytes, list[int]] = {}
+        first_seen: dict[bytes, _Loaded] = {}
+        for number, folder in [*snapshots.items(), (self.current_release, current)]:
+            for loaded in folder.values():
+                releases.setdefault(loaded.fingerprint, [])
+                if number not in releases[loaded.fingerprint]:
+                    releases[loaded.fingerprint].append(number)
+                first_seen.setdefault(loaded.fingerprint, loaded)
+
+        def schema_of(loaded: _Loaded, is_current: bool) -> Schema:
+            return Schema(
+                loaded.name,
+                loaded.fingerprint,
+                loaded.parsed,
+                loaded.plain,
+                loaded.fields,
+                tuple(sorted(releases[loaded.fingerprint])),
+                is_current,
+            )
+
+        self._by_name: dict[str, Schema] = {n: schema_of(s, True) for n, s in current.items()}
         self._by_fingerprint: dict[bytes, Schema] = {}
-        raws = {path.stem: json.loads(path.read_text()) for path in directory.glob("*.avsc")}
-        parsed = _parse_all(raws)
-        plain = _parse_all({name: _strip_logical(raw) for name, raw in raws.items()})
-        for name, raw in sorted(raws.items()):
-            # The canonical form must inline each referenced named type at its
-            # first use, as a reader loading the .avsc from this folder sees it;
-            # load_schema does that (parse_schema leaves bare names).
-            standalone = load_schema(directory / f"{name}.avsc", named_schemas={})
-            fp = crc64_avro_fingerprint(to_parsing_canonical_form(standalone))
-            fields = frozenset(f["name"] for f in raw.get("fields", ()))
-            schema = Schema(name, fp, parsed[name], plain[name], fields)
-            self._by_name[name] = schema
+        # Per fingerprint, the reader schema to resolve to: None for the
+        # current schemas (the direct, fast path) and for a name no longer in
+        # the current folder (read as written).
+        self._reader: dict[bytes, Any] = {}
+        current_fps = {s.fingerprint for s in self._by_name.values()}
+        for fp, loaded in first_seen.items():
+            if fp in current_fps:
+                schema = next(s for s in self._by_name.values() if s.fingerprint == fp)
+                self._reader[fp] = None
+            else:
+                schema = schema_of(loaded, False)
+                target = self._by_name.get(loaded.name)
+                self._reader[fp] = target.plain if target is not None else None
             self._by_fingerprint[fp] = schema
 
     def __iter__(self) -> Iterator[Schema]:
+        """The current schemas (one per full name), the ones ``encode`` writes."""
         return iter(self._by_name.values())
+
+    def versions(self, name: str | None = None) -> list[Schema]:
+        """Every distinct schema ever released (and the current one), oldest first."""
+        found = [s for s in self._by_fingerprint.values() if name is None or s.name == name]
+        return sorted(found, key=lambda s: (s.name, s.version))
 
     def schema(self, name: str) -> Schema:
         try:
             return self._by_name[name]
         except KeyError:
             raise CodecError(f"no schema named {name!r} in {SCHEMA_DIR}") from None
+
+    def by_fingerprint(self, fp: bytes) -> Schema:
+        try:
+            return self._by_fingerprint[bytes(fp)]
+        except KeyError:
+            raise CodecError(f"unknown writer schema fingerprint {bytes(fp).hex()}") from None
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         schema = self.schema(name)
@@ -128,16 +238,24 @@ class Registry:
         return out.getvalue()
 
     def decode(self, data: bytes) -> tuple[str, dict[str, Any]]:
-        """Return (schema full name, record); raise :class:`CodecError` on anything else."""
+        """Return (schema full name, record in the current schema's fields).
+
+        Raise :class:`CodecError` on anything else.
+        """
         if len(data) < HEADER_SIZE or data[:2] != MAGIC:
             raise CodecError("not Avro single-object encoded (missing C3 01 marker)")
-        schema = self._by_fingerprint.get(bytes(data[2:HEADER_SIZE]))
+        fp = bytes(data[2:HEADER_SIZE])
+        schema = self._by_fingerprint.get(fp)
         if schema is None:
-            raise CodecError(f"unknown writer schema fingerprint {data[2:HEADER_SIZE].hex()}")
+            raise CodecError(f"unknown writer schema fingerprint {fp.hex()}")
+        reader = self._reader[fp]
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
         try:
-            record = fastavro.schemaless_reader(buf, schema.plain)
+            if reader is None:
+                record = fastavro.schemaless_reader(buf, schema.plain)
+            else:
+                record = fastavro.schemaless_reader(buf, schema.plain, reader)
         except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError...
             raise CodecError(f"corrupt {schema.name} record: {exc}") from exc
         if buf.tell() != len(data):
@@ -151,7 +269,7 @@ class Registry:
         return record
 
 
-#: The process-wide registry; loading parses every schema once.
+#: The process-wide registry; loading parses every schema of every release once.
 REGISTRY = Registry()
 encode = REGISTRY.encode
 decode = REGISTRY.decode

@@ -24,11 +24,24 @@ class Seen(Enum):
     CONFLICT = "conflict"  # the key again with other content: dead-letter, change nothing
 
 
-def classify(entry: dict[str, Any] | None, delivery_id: str, received_at: int, digest: str) -> Seen:
+#: Envelope header ``hookline replay`` sets on a raw delivery it re-publishes:
+#: its own earlier entry does not stop it (the gateway never copies it from a client).
+REPLAY_HEADER = "x-hookline-replay"
+
+
+def classify(
+    entry: dict[str, Any] | None,
+    delivery_id: str,
+    received_at: int,
+    digest: str,
+    replaying: bool = False,
+) -> Seen:
     if entry is None or received_at >= entry["expires_at"]:
         return Seen.NEW
     if entry["delivery_id"] == delivery_id:
-        return Seen.REPLAY
+        # Reprocessing after a crash: already emitted. An operator's replay
+        # (after a fix) emits again: downstream rules make same facts no-ops.
+        return Seen.NEW if replaying else Seen.REPLAY
     if entry["content_digest"] and entry["content_digest"] != digest:
         return Seen.CONFLICT
     return Seen.DUPLICATE

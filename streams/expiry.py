@@ -118,20 +118,20 @@ class Expiry:
 
     async def rebuild(self) -> None:
         """After a recovery: index every local key of the partitions now owned."""
-        active = _active_partitions(self.table)
+        active = active_partitions(self.table)
         self.index.keep_only(active)
-        for partition, key, raw in _local_items(self.table, active):
+        for partition, key, raw in local_items(self.table, active):
             expires_at = self.decode(raw)["expires_at"]
             if expires_at > 0:
                 self.index.note(partition, key, expires_at)
 
 
-def _active_partitions(table: TableT) -> set[int]:
+def active_partitions(table: TableT) -> set[int]:
     topic = table.changelog_topic.get_topic_name()
     return {tp.partition for tp in table.app.assignor.assigned_actives() if tp.topic == topic}
 
 
-def _local_items(table: TableT, partitions: set[int]) -> Iterator[tuple[int, bytes, bytes]]:
+def local_items(table: TableT, partitions: set[int]) -> Iterator[tuple[int, bytes, bytes]]:
     """(partition, key, value) of the local store (Faust keeps no public per-partition view)."""
     store: Any = table.data
     if hasattr(store, "_dbs"):  # RocksDB: one database per partition

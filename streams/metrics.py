@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 class WorkerMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
+        self._awaiting: _AwaitingCollector | None = None
         r = self.registry
         self.events = Counter(
             "hookline_worker_events",
@@ -92,6 +93,29 @@ class WorkerMetrics:
 
     def watch_lag(self, app: Any) -> None:
         self.registry.register(_LagCollector(app))
+
+    def watch_awaiting(self, environment: str, tracker: Any) -> None:
+        """Export ``tracker.total()`` (streams/activation.py) for one environment."""
+        if self._awaiting is None:
+            self._awaiting = _AwaitingCollector()
+            self.registry.register(self._awaiting)
+        self._awaiting.trackers[environment] = tracker
+
+
+class _AwaitingCollector(Collector):
+    def __init__(self) -> None:
+        self.trackers: dict[str, Any] = {}
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "hookline_worker_orders_awaiting_activation",
+            "Orders on this worker's partitions whose payment SUCCEEDED and whose order_status "
+            "is not ACTIVE or REFUNDED yet.",
+            labels=["environment"],
+        )
+        for environment, tracker in sorted(self.trackers.items()):
+            family.add_metric([environment], tracker.total())
+        yield family
 
 
 class _LagCollector(Collector):

@@ -27,8 +27,9 @@ from faust.types import EventT, StreamT, TableT, TopicT
 from hookline import topics
 from hookline.sources import Source
 from schemas import codec
+from streams.activation import AwaitingActivation
 from streams.batch import Batch
-from streams.dedup import Seen, classify, conflict_reason, new_entry
+from streams.dedup import REPLAY_HEADER, Seen, classify, conflict_reason, new_entry
 from streams.expiry import Expiry, StreamTime
 from streams.join import apply_to_transaction
 from streams.metrics import WorkerMetrics
@@ -109,6 +110,8 @@ class EnvironmentPipeline:
         self.transaction_store = self._table("transactions", codec.TRANSACTION_RECORD)
         # An order is retired, never deleted: its versions must never restart.
         self.order_store = self._table("orders", codec.ORDER_RECORD, on_expired=retire)
+        self.awaiting = AwaitingActivation(self.order_store.table, self.order_store.decode)
+        metrics.watch_awaiting(env, self.awaiting)
 
         app.agent(self.raw, name=f"{env}.intake")(self.intake)
         app.agent(self.transaction_facts, name=f"{env}.transactions")(self.transactions)
@@ -176,7 +179,11 @@ class EnvironmentPipeline:
                 key = result.dedup_key.encode()
                 entry = batch.get(event, key)
                 seen = classify(
-                    entry, envelope["delivery_id"], envelope["received_at"], result.content_digest
+                    entry,
+                    envelope["delivery_id"],
+                    envelope["received_at"],
+                    result.content_digest,
+                    replaying=REPLAY_HEADER in envelope["headers"],
                 )
                 if seen is Seen.DUPLICATE:
                     duplicates[envelope["source"]] = duplicates.get(envelope["source"], 0) + 1
@@ -261,6 +268,7 @@ class EnvironmentPipeline:
             self.metrics.batch_size.labels("orders").observe(len(events))
             batch, clock = self.order_store.batch(), StreamTime()
             received: list[int] = []
+            transitions: list[tuple[int, Any, Any]] = []
             for event in events:
                 try:
                     name, record = codec.decode(event.value)
@@ -296,9 +304,12 @@ class EnvironmentPipeline:
                         codec.encode(codec.ORDER_STATE, change["after"]),
                     )
                     received.append(arrived)
+                    transitions.append((event.message.partition, change["before"], change["after"]))
                 if result.changed:
                     batch.put(event, event.key, result.record)
             await self.order_store.finish(batch, clock)
+            for partition, before, after in transitions:
+                self.awaiting.changed(partition, before, after)
             if received:
                 self.metrics.state_changes.labels(self.env).inc(len(received))
                 now_ms = time.time() * 1000

@@ -61,8 +61,12 @@ def payment_status_verdict(
 
 
 def newer(stamp: Stamp, than: Stamp) -> bool:
-    """Last-writer-wins for plain fields (confirmation URL, vignette id)."""
-    return stamp > than
+    """Last-writer-wins for plain fields (confirmation URL, vignette id, price).
+
+    The same stamp counts as newer: the same fact again writes the same
+    value (no change), and a replayed fact mapped by fixed code corrects it.
+    """
+    return stamp >= than
 
 
 def stamp_of(record: dict, prefix: str) -> Stamp:

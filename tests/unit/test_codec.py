@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import fastavro
@@ -51,6 +52,7 @@ CAUSE = {
     "kind": "partner",
     "type": "order.status_changed",
     "received_at": T0,
+    "provider_event_type": "ORDER_STATUS_CHANGED",
 }
 STATE = {
     "order_id": "ord_5a71",
@@ -62,6 +64,9 @@ STATE = {
     "vignette_id": "kp_1",
     "version": 3,
     "updated_at": T0 + 5,
+    "amount": Decimal("49.9900"),
+    "currency": "EUR",
+    "refunded_amount": Decimal("-0.0100"),
 }
 ENVELOPE = {
     "delivery_id": "0197586c-e3f2-73d5-8e28-c30c8b68b479",
@@ -94,6 +99,8 @@ EVENT = {
     "confirmation_pdf_url": None,
     "vignette_id": None,
     "error": {"code": "VEHICLE_NOT_FOUND", "message": "no such plate"},
+    "amount": Decimal("1234567890.1234"),
+    "currency": "HUF",
 }
 
 SAMPLES: dict[str, dict[str, Any]] = {
@@ -168,9 +175,20 @@ def sample(name: str) -> dict[str, Any]:
 
 
 def sample_fitting_schema(name: str) -> dict[str, Any]:
-    """The sample without the fields the schema (being edited elsewhere) does not have."""
-    fields = codec.REGISTRY.schema(name).fields
-    return {k: v for k, v in sample(name).items() if k in fields}
+    """The sample fitted to the current schema, which changes more often than these samples.
+
+    Fields the schema does not have are dropped; fields the sample lacks get
+    their schema default, as a decoded record has them.
+    """
+    parsed = codec.REGISTRY.schema(name).parsed
+    record = sample(name)
+    fitted = {}
+    for field in parsed["fields"]:
+        if field["name"] in record:
+            fitted[field["name"]] = record[field["name"]]
+        elif "default" in field:
+            fitted[field["name"]] = field["default"]
+    return fitted
 
 
 # -- the fingerprint ----------------------------------------------------------

@@ -389,3 +389,28 @@ def test_a_busy_story_converges_in_any_interleaving(seed: int) -> None:
     assert o3["refunded_amount"] == money("4.00")
     assert len(flow.conflicts) == 1
     assert_versions_exact(flow)
+
+
+def test_a_replayed_fact_mapped_by_fixed_code_corrects_a_plain_field() -> None:
+    """hookline replay re-emits a delivery's events with their ids: same stamp, new value."""
+    flow = Flow().run(
+        [order_status("o1", "ACTIVE", T0, pdf="https://x/wrong.pdf", delivery_id="d")]
+    )
+    flow.run([order_status("o1", "ACTIVE", T0, pdf="https://x/right.pdf", delivery_id="d")])
+    assert flow.state("o1")["confirmation_pdf_url"] == "https://x/right.pdf"
+    assert flow.state("o1")["version"] == 2
+    flow.run([order_status("o1", "ACTIVE", T0, pdf="https://x/right.pdf", delivery_id="d")])
+    assert flow.state("o1")["version"] == 2  # the same again changes nothing
+
+
+def test_awaiting_activation_counts_paid_orders_not_yet_active() -> None:
+    from streams.activation import awaiting
+
+    flow = Flow().run([checkout("tr_1", "SUCCEEDED", T0, {"o1": "1.00", "o2": "1.00"})])
+    assert awaiting(flow.state("o1"))
+    flow.run([order_status("o1", "ACTIVE", T0 + 1)])
+    assert not awaiting(flow.state("o1"))
+    assert awaiting(flow.state("o2"))
+    flow.run([refund("o2", None, T0 + 2)])
+    assert not awaiting(flow.state("o2"))
+    assert not awaiting(None)

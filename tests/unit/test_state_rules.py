@@ -73,9 +73,9 @@ def test_payment_stamp_tie_broken_by_event_id() -> None:
     assert payment_status_verdict("FAILED", (5, "b:0"), "CANCELED", (5, "a:0")) is R
 
 
-def test_newer_is_strict_and_orders_by_time_then_id() -> None:
+def test_newer_orders_by_time_then_id_and_lets_the_same_fact_write_again() -> None:
     assert newer((2, "a"), (1, "z"))
     assert newer((1, "b"), (1, "a"))
-    assert not newer((1, "a"), (1, "a"))
+    assert newer((1, "a"), (1, "a"))  # a replayed fact (same value: no change; fixed: corrected)
     assert not newer((1, "z"), (2, "a"))
     assert newer((1, ""), (0, ""))
