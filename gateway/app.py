@@ -1,19 +1,27 @@
 """Where a webhook enters: ``POST /webhooks/{source}``, plus health and metrics.
 
-The handler does the minimum that must happen before answering the provider,
-in this order: find the source (404), check the client address (401), read
-the body within the limit (413), verify it (401), check it is JSON with its
-kind's envelope (400), publish it raw and wait for Kafka's acknowledgement
-(503 on failure), answer 200. Everything else happens in the workers.
+The gateway faces the open internet, so whatever an unauthenticated client
+sends must cost little and be bounded, and must never slow authentic
+deliveries down. The handler therefore refuses as early as it can, cheapest
+check first: find the source (404), refuse a verification input given twice
+(400), check the client address and what the URL and headers alone can prove
+(a query token, a signature header's shape, a Standard Webhooks timestamp:
+401, before a byte of the body is read), refuse a declared length over the
+source's limit (413), read the body within the limit, the body timeout (408)
+and the budget for unverified bodies (503), verify it (401), check it is
+strict JSON with its kind's envelope (400), publish it raw and wait for
+Kafka's acknowledgement (503 on failure), answer 200. Everything else happens
+in the workers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -21,15 +29,28 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway.body import (
     BadBody,
+    BodyBudget,
+    BodyTimeout,
     BodyTooLarge,
+    Busy,
+    ClientGone,
     LingeringJSONResponse,
+    declared_length,
     parse_object,
     read_limited,
 )
 from gateway.envelope import new_delivery_id, raw_envelope
 from gateway.metrics import GatewayMetrics
 from gateway.publish import Publisher, Unavailable
-from gateway.verify import Incoming, VerificationFailed, Verifier, verifier_for
+from gateway.throttled_log import ThrottledLog
+from gateway.verify import (
+    JWT_BODY_LIMIT,
+    Incoming,
+    VerificationFailed,
+    Verifier,
+    repeated_input,
+    verifier_for,
+)
 from hookline import topics
 from hookline.settings import Settings
 from hookline.sources import Source, load_sources
@@ -39,10 +60,37 @@ from streams.adapters import envelope_problem, ordering_key
 log = logging.getLogger("hookline.gateway")
 
 RETRY_AFTER_S = 5
+#: Bodies larger than this are hashed and parsed off the event loop, so one
+#: large body cannot hold up every other request (and Kafka's acks) meanwhile.
+OFF_LOOP_BYTES = 64 * 1024
+#: How long a refused request's unread body is drained before closing.
+DRAIN_SECONDS = 2.0
+#: How much of it, for a sender not proven authentic: enough for any honest
+#: small webhook to be read whole (so its client sees the answer rather than a
+#: reset), not enough to make refusing a flood cost more than a few reads.
+DRAIN_UNVERIFIED_BYTES = 64 * 1024
+
+T = TypeVar("T")
 
 
 def _answer(status: int, detail: str, **headers: str) -> JSONResponse:
     return JSONResponse({"detail": detail}, status_code=status, headers=headers or None)
+
+
+def body_limit(source: Source, settings: Settings) -> int:
+    """The source's body limit: its own, else its method's default, never over the global."""
+    if source.max_body_bytes is not None:
+        return min(source.max_body_bytes, settings.max_body_bytes)
+    if source.verify == "jwt-hs256":
+        return min(JWT_BODY_LIMIT, settings.max_body_bytes)
+    return settings.max_body_bytes
+
+
+async def _sized(size: int, work: Callable[..., T], *args: Any) -> T:
+    """Run CPU work on the loop when small, in a thread when large."""
+    if size > OFF_LOOP_BYTES:
+        return await asyncio.to_thread(work, *args)
+    return work(*args)
 
 
 def create_app(
@@ -54,7 +102,10 @@ def create_app(
     settings = settings or Settings.from_env()
     sources = dict(sources if sources is not None else load_sources(settings.sources_path))
     verifiers: dict[str, Verifier] = {name: verifier_for(src) for name, src in sources.items()}
+    limits = {name: body_limit(src, settings) for name, src in sources.items()}
     metrics = metrics or GatewayMetrics()
+    budget = BodyBudget(settings.unverified_body_bytes, metrics.unverified_body_bytes.set)
+    refusals = ThrottledLog(log)
     environments = sorted({s.environment for s in sources.values()})
     max_record = settings.max_record_bytes
     if publisher is None:
@@ -79,85 +130,147 @@ def create_app(
         finally:
             await publisher.stop()
 
+    docs: dict[str, Any] = (
+        {} if settings.api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
+    )
     app = FastAPI(
         title="hookline gateway",
         summary="Verifies provider webhooks and publishes them, raw and Avro-encoded, to Kafka.",
         lifespan=lifespan,
+        # A redirect would be built from the client's Host header and repeat
+        # the query string (a token): unknown paths are plain 404s instead.
+        redirect_slashes=False,
+        **docs,
     )
     app.state.publisher = publisher
     app.state.metrics = metrics
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        """The app's JSON shape even for a bug (logged, with its traceback, by the server)."""
+        return _answer(500, "internal error")
+
     def refuse(source: str, status: int, outcome: str, detail: str, **headers: str) -> JSONResponse:
         metrics.deliveries.labels(source, outcome).inc()
-        log.warning("refused source=%s status=%d reason=%s", source, status, detail)
+        refusals.warning("refused source=%s status=%d reason=%s", source, status, detail)
         return _answer(status, detail, **headers)
 
-    def unverified(source: Source, failure: VerificationFailed) -> JSONResponse:
+    def unverified(
+        source: Source, failure: VerificationFailed, drain_bytes: int = 0
+    ) -> JSONResponse:
         metrics.verification_failures.labels(source.name, failure.reason).inc()
-        return refuse(source.name, 401, "unauthorized", f"verification failed: {failure.reason}")
+        detail = f"verification failed: {failure.reason}"
+        headers = {"WWW-Authenticate": verifiers[source.name].challenge}
+        refuse(source.name, 401, "unauthorized", detail)
+        if not drain_bytes:
+            return _answer(401, detail, **headers)
+        # Refused before its body was read: answer, drop what is already on
+        # the way (bounded), close. Nothing of it is kept.
+        return LingeringJSONResponse(
+            {"detail": detail},
+            status_code=401,
+            headers={**headers, "Connection": "close"},
+            drain_bytes=drain_bytes,
+            drain_seconds=DRAIN_SECONDS,
+        )
 
     @app.post(
         "/webhooks/{source_name}",
         responses={
             200: {"description": "Published; Kafka acknowledged the raw record."},
-            400: {"description": "Not JSON, or the kind's envelope is missing."},
-            401: {"description": "Verification failed."},
+            400: {"description": "Not strict JSON, the kind's envelope missing, or ambiguous."},
+            401: {"description": "Verification failed (with WWW-Authenticate)."},
             404: {"description": "No such source."},
-            413: {"description": "Body over the limit."},
-            503: {"description": "Kafka unavailable; retry after Retry-After seconds."},
+            408: {"description": "The body did not arrive within the body timeout."},
+            413: {"description": "Body over the source's limit."},
+            503: {"description": "Kafka unavailable, or too many unverified bodies in flight."},
         },
     )
-    async def receive_webhook(source_name: str, request: Request) -> JSONResponse:
+    async def receive_webhook(source_name: str, request: Request) -> Response:
         """Verify one provider delivery and publish it to ``<env>.webhooks.raw``."""
         with metrics.in_flight.track_inprogress():
             return await _receive(source_name, request)
 
-    async def _receive(source_name: str, request: Request) -> JSONResponse:
+    async def _receive(source_name: str, request: Request) -> Response:
         source = sources.get(source_name)
         if source is None:
             metrics.deliveries.labels("unknown", "not_found").inc()
-            log.warning("refused unknown source %r", source_name[:64])
+            refusals.warning("refused unknown source %r", source_name[:64])
             return _answer(404, "unknown source")
-        client_ip = request.client.host if request.client else None
-        if not source.ip_allowed(client_ip):
-            return unverified(source, VerificationFailed("ip_not_allowed"))
-        stream = request.stream()
-        try:
-            body = await read_limited(
-                stream, request.headers.get("content-length"), settings.max_body_bytes
-            )
-        except BodyTooLarge:
-            detail = f"body larger than {settings.max_body_bytes} bytes"
-            refuse(source.name, 413, "too_large", detail)
-            return LingeringJSONResponse(
-                {"detail": detail},
-                status_code=413,
-                headers={"Connection": "close"},
-                drain_bytes=4 * settings.max_body_bytes,
-            )
-        except BadBody as exc:
-            return refuse(source.name, 400, "bad_request", str(exc))
-        received_at = int(time.time() * 1000)
-
         verifier = verifiers[source.name]
-        incoming = Incoming(body=body, headers=request.headers, query=request.query_params)
-        if not verifier.needs_document:
-            try:
-                verifier(incoming)
-            except VerificationFailed as failure:
-                return unverified(source, failure)
+        limit = limits[source.name]
+        repeated = repeated_input(request.query_params, request.headers)
+        if repeated:
+            return refuse(source.name, 400, "bad_request", f"{repeated} given more than once")
         try:
-            document = parse_object(body, settings.max_json_depth)
+            declared = declared_length(request.headers.get("content-length"))
         except BadBody as exc:
             return refuse(source.name, 400, "bad_request", str(exc))
-        problem = envelope_problem(source.kind, document)
-        if problem:
-            return refuse(source.name, 400, "bad_request", problem)
-        if verifier.needs_document:
+        drain = min(declared if declared is not None else limit, DRAIN_UNVERIFIED_BYTES)
+        client_ip = request.client.host if request.client else None
+        head = Incoming(body=b"", headers=request.headers, query=request.query_params)
+        try:
+            if not source.ip_allowed(client_ip):
+                raise VerificationFailed("ip_not_allowed")
+            verifier.precheck(head)
+        except VerificationFailed as failure:
+            return unverified(source, failure, drain_bytes=drain)
+        if declared is not None and declared > limit:
+            return too_large(source, limit, verifier.complete_before_body)
+
+        with budget.hold() as hold:
             try:
-                verifier(Incoming(body, request.headers, request.query_params, document))
-            except VerificationFailed as failure:
-                return unverified(source, failure)
+                body = await read_limited(
+                    request.stream(),
+                    None,
+                    limit,
+                    timeout_s=settings.body_timeout_s,
+                    # A sender proven by its query token is not charged.
+                    hold=None if verifier.complete_before_body else hold,
+                )
+            except BodyTooLarge:
+                return too_large(source, limit, verifier.complete_before_body)
+            except BodyTimeout:
+                return refuse(
+                    source.name,
+                    408,
+                    "body_timeout",
+                    f"body not received within {settings.body_timeout_s:g}s",
+                    Connection="close",
+                )
+            except Busy:
+                return refuse(
+                    source.name,
+                    503,
+                    "busy",
+                    "too many unverified bodies in flight",
+                    **{"Retry-After": str(RETRY_AFTER_S), "Connection": "close"},
+                )
+            except ClientGone:
+                # Nobody is left to answer: counted, and at most a debug line.
+                metrics.deliveries.labels(source.name, "client_gone").inc()
+                log.debug("client left mid-body source=%s", source.name)
+                return Response(status_code=400)
+            received_at = int(time.time() * 1000)
+
+            incoming = Incoming(body=body, headers=request.headers, query=request.query_params)
+            if not verifier.needs_document and not verifier.complete_before_body:
+                try:
+                    await _sized(len(body), verifier, incoming)
+                except VerificationFailed as failure:
+                    return unverified(source, failure)
+            try:
+                document = await _sized(len(body), parse_object, body, settings.max_json_depth)
+            except BadBody as exc:
+                return refuse(source.name, 400, "bad_request", str(exc))
+            problem = envelope_problem(source.kind, document)
+            if problem:
+                return refuse(source.name, 400, "bad_request", problem)
+            if verifier.needs_document:
+                try:
+                    verifier(Incoming(body, request.headers, request.query_params, document))
+                except VerificationFailed as failure:
+                    return unverified(source, failure)
 
         delivery_id = new_delivery_id(received_at)
         record = codec.encode(
@@ -183,8 +296,22 @@ def create_app(
         metrics.publish_seconds.labels(source.environment).observe(time.perf_counter() - started)
         metrics.body_bytes.observe(len(body))
         metrics.deliveries.labels(source.name, "accepted").inc()
-        log.info("accepted source=%s delivery_id=%s bytes=%d", source.name, delivery_id, len(body))
+        # Counted above; a line per delivery would cost more than the delivery.
+        log.debug("accepted source=%s delivery_id=%s bytes=%d", source.name, delivery_id, len(body))
         return JSONResponse({"accepted": True, "id": delivery_id})
+
+    def too_large(source: Source, limit: int, verified: bool) -> JSONResponse:
+        detail = f"body larger than {limit} bytes"
+        refuse(source.name, 413, "too_large", detail)
+        return LingeringJSONResponse(
+            {"detail": detail},
+            status_code=413,
+            headers={"Connection": "close"},
+            # An authentic provider over the limit should see the 413 (it will
+            # not retry a 413 forever); a stranger gets a few reads at most.
+            drain_bytes=4 * limit if verified else DRAIN_UNVERIFIED_BYTES,
+            drain_seconds=DRAIN_SECONDS,
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:

@@ -1,17 +1,23 @@
 """Bounded reading and parsing of request bodies.
 
-A body over the limit is refused as soon as the limit is crossed (or at once,
-from Content-Length), so a client cannot make the gateway buffer more than the
-limit. Parsing is hookline.json_object's strict, depth-bounded JSON.
+Every body is bounded three ways, because the gateway faces the open
+internet: in size (refused as soon as the limit is crossed, or at once from
+Content-Length, so nothing over the limit is buffered), in time (a body that
+stops arriving is answered 408 instead of holding its connection and memory
+forever), and, for senders not yet verified, in total (a shared
+:class:`BodyBudget`; past it, 503). Parsing is hookline.json_object's strict,
+depth-bounded JSON.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from types import TracebackType
 from typing import Any
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
 
@@ -26,23 +32,114 @@ class BadBody(Exception):
     """Not something hookline can accept as a webhook body (answered 400)."""
 
 
+class BodyTimeout(Exception):
+    """The body did not arrive in time (answered 408)."""
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its body was complete."""
+
+
+class Busy(Exception):
+    """The budget for unverified bodies is spent (answered 503, Retry-After)."""
+
+
+def declared_length(content_length: str | None) -> int | None:
+    """Content-Length as a number (None when absent); :class:`BadBody` when not one."""
+    if content_length is None:
+        return None
+    if not content_length.isdigit():  # int() would also take "+1", " 1", "1_0"
+        raise BadBody("invalid Content-Length")
+    return int(content_length)
+
+
+class BodyBudget:
+    """Bytes of bodies held at once for senders not yet verified.
+
+    Charged as bytes arrive (not by what Content-Length declares, so a sender
+    that stalls after a few bytes holds only those), released when the request
+    is verified or refused. A sender that proved itself before its body (a
+    query token) is not charged.
+    """
+
+    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
+        self.limit = limit
+        self.used = 0
+        self._on_change = on_change
+
+    def hold(self) -> BodyHold:
+        return BodyHold(self)
+
+    def _take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        if self._on_change:
+            self._on_change(self.used)
+        return True
+
+    def _give(self, size: int) -> None:
+        self.used -= size
+        if self._on_change:
+            self._on_change(self.used)
+
+
+class BodyHold:
+    """One request's share of a :class:`BodyBudget`; released once, whatever happens."""
+
+    def __init__(self, budget: BodyBudget) -> None:
+        self._budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        if not self._budget._take(size):
+            raise Busy
+        self.size += size
+
+    def release(self) -> None:
+        if self.size:
+            self._budget._give(self.size)
+            self.size = 0
+
+    def __enter__(self) -> BodyHold:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
 async def read_limited(
-    stream: AsyncIterator[bytes], content_length: str | None, limit: int
+    stream: AsyncIterator[bytes],
+    content_length: str | None,
+    limit: int,
+    *,
+    timeout_s: float | None = None,
+    hold: BodyHold | None = None,
 ) -> bytes:
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError:
-            raise BadBody("invalid Content-Length") from None
-        if declared > limit:
-            raise BodyTooLarge
+    """The whole body, within ``limit`` bytes and ``timeout_s`` seconds."""
+    declared = declared_length(content_length)
+    if declared is not None and declared > limit:
+        raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
-    async for chunk in stream:
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout_s):
+            async for chunk in stream:
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge
+                if hold is not None:
+                    hold.take(len(chunk))
+                chunks.append(chunk)
+    except TimeoutError:
+        raise BodyTimeout from None
+    except ClientDisconnect:
+        raise ClientGone from None
     return b"".join(chunks)
 
 

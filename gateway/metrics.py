@@ -16,7 +16,17 @@ from prometheus_client import (
 
 disable_created_metrics()  # *_created series only add noise to every scrape
 
-OUTCOMES = ("accepted", "unauthorized", "bad_request", "too_large", "unavailable", "not_found")
+OUTCOMES = (
+    "accepted",
+    "unauthorized",
+    "bad_request",
+    "too_large",
+    "unavailable",
+    "not_found",
+    "body_timeout",
+    "busy",
+    "client_gone",
+)
 
 
 class GatewayMetrics:
@@ -44,6 +54,11 @@ class GatewayMetrics:
         self.in_flight = Gauge(
             "hookline_gateway_requests_in_flight",
             "Webhook requests being handled now.",
+            registry=self.registry,
+        )
+        self.unverified_body_bytes = Gauge(
+            "hookline_gateway_unverified_body_bytes",
+            "Bytes of request bodies held now for senders not yet verified.",
             registry=self.registry,
         )
         self.body_bytes = Histogram(

@@ -3,6 +3,12 @@
 Every comparison is constant time (``hmac.compare_digest``). Failures carry a
 short, fixed ``reason`` for logs and metrics; no reason ever includes a secret,
 a signature or a token. A source holding two secrets (rotation) accepts either.
+
+Unauthenticated work must stay cheap, so each verifier also has a ``precheck``
+that runs on the URL and headers alone, before a byte of the body is read: a
+wrong query token is refused there outright, a missing or malformed signature
+header or a stale Standard Webhooks timestamp too. Only what needs the body
+(an HMAC over it, a JWT inside it) waits for it.
 """
 
 from __future__ import annotations
@@ -11,10 +17,11 @@ import hashlib
 import hmac
 import logging
 import re
+import time
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import jwt
 from jwt.warnings import InsecureKeyLengthWarning
@@ -30,6 +37,28 @@ warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _MAX_TOKEN_CHARS = 8192
 JWT_ALGORITHM = "HS256"
+#: Clock skew allowed on a JWT's nbf, iat and exp.
+JWT_LEEWAY_S = 60
+#: Standard Webhooks' tolerance (the reference verifier's), checked before the body.
+STANDARD_WEBHOOKS_TOLERANCE_S = 5 * 60
+#: A payments body is {"token": "<JWT>"}: a few kilobytes at most. Reading (and
+#: parsing) a mebibyte before the token can be checked was the cheapest way to
+#: burn the gateway's CPU, so such sources get this limit unless configured.
+JWT_BODY_LIMIT = 16 * 1024
+
+#: Verification inputs that must appear once: with two, one reader would take
+#: the first and another the last, and only one of them is checked.
+SINGLE_QUERY_PARAMETERS = ("token",)
+SINGLE_HEADERS = ("x-signature", "webhook-id", "webhook-timestamp", "webhook-signature")
+
+#: The WWW-Authenticate challenge a 401 carries (RFC 9110 requires one), per method.
+CHALLENGES = {
+    "token": 'Token realm="hookline", param="token"',
+    "hmac-sha256": 'HMAC-SHA256 realm="hookline", header="X-Signature"',
+    "jwt-hs256": 'JWT realm="hookline", alg="HS256"',
+    "standard-webhooks": 'Standard-Webhooks realm="hookline"',
+    "none": 'IP realm="hookline"',
+}
 
 
 class VerificationFailed(Exception):
@@ -53,6 +82,10 @@ class Incoming:
 Check = Callable[[Incoming], None]
 
 
+def _nothing(incoming: Incoming) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Verifier:
     method: str
@@ -60,9 +93,33 @@ class Verifier:
     #: jwt-hs256 reads the token from the JSON body, so the body is parsed first;
     #: every other method authenticates the raw bytes before anything parses them.
     needs_document: bool = False
+    #: What the URL and headers alone can refuse (``Incoming.body`` is empty).
+    precheck: Check = _nothing
+    #: The precheck is the whole verification (a query token): the body is
+    #: read only for a sender already proven authentic.
+    complete_before_body: bool = False
 
     def __call__(self, incoming: Incoming) -> None:
         self.check(incoming)
+
+    @property
+    def challenge(self) -> str:
+        return CHALLENGES[self.method]
+
+
+class MultiMapping(Protocol):
+    def getlist(self, key: str) -> list[str]: ...
+
+
+def repeated_input(query: MultiMapping, headers: MultiMapping) -> str | None:
+    """The name of a verification input given more than once, or None."""
+    for name in SINGLE_QUERY_PARAMETERS:
+        if len(query.getlist(name)) > 1:
+            return f"query parameter {name!r}"
+    for name in SINGLE_HEADERS:
+        if len(headers.getlist(name)) > 1:
+            return f"header {name!r}"
+    return None
 
 
 def _any_equal(expected: list[bytes], received: bytes) -> bool:
@@ -86,13 +143,22 @@ def _token(secrets: tuple[bytes, ...]) -> Check:
     return check
 
 
+def _signature_header(incoming: Incoming) -> str:
+    received = incoming.headers.get("x-signature")
+    if not received:
+        raise VerificationFailed("missing_signature")
+    if not _HEX_SHA256.fullmatch(received):
+        raise VerificationFailed("malformed_signature")
+    return received
+
+
+def _hmac_precheck(incoming: Incoming) -> None:
+    _signature_header(incoming)
+
+
 def _hmac_sha256(secrets: tuple[bytes, ...]) -> Check:
     def check(incoming: Incoming) -> None:
-        received = incoming.headers.get("x-signature")
-        if not received:
-            raise VerificationFailed("missing_signature")
-        if not _HEX_SHA256.fullmatch(received):
-            raise VerificationFailed("malformed_signature")
+        received = _signature_header(incoming)
         expected = [
             hmac.new(secret, incoming.body, hashlib.sha256).hexdigest().encode()
             for secret in secrets
@@ -103,11 +169,22 @@ def _hmac_sha256(secrets: tuple[bytes, ...]) -> Check:
     return check
 
 
-def _jwt_hs256(secrets: tuple[bytes, ...]) -> Check:
+def _jwt_hs256(secrets: tuple[bytes, ...], retry_horizon_s: float) -> Check:
+    """HS256 only; ``exp`` extended by the retry horizon, everything else strict.
+
+    The provider re-sends the same signed token for days (seed 002: 72 h), so
+    a token past its ``exp`` is still a genuine notification: refusing it
+    would lose the provider's retries. A replay inside the horizon is harmless
+    (the workers drop it as a duplicate). The signature, the algorithm and
+    ``nbf`` are checked as strictly as ever.
+    """
+
     def check(incoming: Incoming) -> None:
         token = incoming.document.get("token") if isinstance(incoming.document, dict) else None
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             raise VerificationFailed("missing_jwt")
+        if not token.isascii():  # a compact JWT is base64url and dots
+            raise VerificationFailed("malformed_jwt")
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -117,17 +194,50 @@ def _jwt_hs256(secrets: tuple[bytes, ...]) -> Check:
             raise VerificationFailed("jwt_algorithm")
         for secret in secrets:
             try:
-                jwt.decode(token, secret, algorithms=[JWT_ALGORITHM], leeway=60)
-                return
-            except jwt.ExpiredSignatureError:
-                raise VerificationFailed("jwt_expired") from None
+                claims = jwt.decode(
+                    token,
+                    secret,
+                    algorithms=[JWT_ALGORITHM],
+                    leeway=JWT_LEEWAY_S,
+                    options={"verify_exp": False},
+                )
             except jwt.InvalidSignatureError:
                 continue
             except jwt.PyJWTError:
                 raise VerificationFailed("bad_jwt") from None
+            _within_retry_horizon(claims.get("exp"), retry_horizon_s)
+            return
         raise VerificationFailed("bad_signature")
 
     return check
+
+
+def _within_retry_horizon(exp: Any, retry_horizon_s: float) -> None:
+    if exp is None:
+        return
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise VerificationFailed("bad_jwt")
+    if time.time() > exp + retry_horizon_s + JWT_LEEWAY_S:
+        raise VerificationFailed("jwt_expired")
+
+
+_STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def _standard_headers(incoming: Incoming) -> dict[str, str]:
+    headers = {name: incoming.headers.get(name, "") for name in _STANDARD_HEADERS}
+    if not all(headers.values()):
+        raise VerificationFailed("missing_signature")
+    return headers
+
+
+def _standard_webhooks_precheck(incoming: Incoming) -> None:
+    """Headers present and the timestamp fresh: refusable before the body arrives."""
+    timestamp = _standard_headers(incoming)["webhook-timestamp"]
+    if not timestamp.isdigit() or len(timestamp) > 12:
+        raise VerificationFailed("bad_timestamp")
+    if abs(time.time() - int(timestamp)) > STANDARD_WEBHOOKS_TOLERANCE_S:
+        raise VerificationFailed("bad_timestamp")
 
 
 def _standard_webhooks(secrets: tuple[bytes, ...]) -> Check:
@@ -135,12 +245,7 @@ def _standard_webhooks(secrets: tuple[bytes, ...]) -> Check:
     webhooks = [Webhook(secret.decode()) for secret in secrets]
 
     def check(incoming: Incoming) -> None:
-        headers = {
-            name: incoming.headers.get(name, "")
-            for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
-        }
-        if not all(headers.values()):
-            raise VerificationFailed("missing_signature")
+        headers = _standard_headers(incoming)
         reason = "bad_signature"
         for webhook in webhooks:
             try:
@@ -154,24 +259,24 @@ def _standard_webhooks(secrets: tuple[bytes, ...]) -> Check:
     return check
 
 
-def _none(incoming: Incoming) -> None:
-    return None
-
-
 def verifier_for(source: Source) -> Verifier:
     """Build the verifier once per source, at start (secrets decoded once)."""
     method = source.verify
     if method == "none":
         log.warning("source %s accepts unverified webhooks (verify = 'none')", source.name)
-        return Verifier(method, _none)
+        return Verifier(method, _nothing)
     if method in ("hmac-sha256", "jwt-hs256") and any(len(s) < 32 for s in source.secrets):
         log.warning("source %s: a secret is shorter than 32 bytes", source.name)
     if method == "token":
-        return Verifier(method, _token(source.secrets))
+        token = _token(source.secrets)
+        return Verifier(method, token, precheck=token, complete_before_body=True)
     if method == "hmac-sha256":
-        return Verifier(method, _hmac_sha256(source.secrets))
+        return Verifier(method, _hmac_sha256(source.secrets), precheck=_hmac_precheck)
     if method == "jwt-hs256":
-        return Verifier(method, _jwt_hs256(source.secrets), needs_document=True)
+        horizon_s = source.retry_horizon_ms / 1000
+        return Verifier(method, _jwt_hs256(source.secrets, horizon_s), needs_document=True)
     if method == "standard-webhooks":
-        return Verifier(method, _standard_webhooks(source.secrets))
+        return Verifier(
+            method, _standard_webhooks(source.secrets), precheck=_standard_webhooks_precheck
+        )
     raise ValueError(f"unknown verification method {method!r}")

@@ -45,6 +45,16 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _days_or_unlimited(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """A number of days, or ``unlimited`` (None: keep forever)."""
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.strip().lower() in ("unlimited", "forever", "-1"):
+        return None
+    return _float(env, name, 1.0)
+
+
 def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -71,13 +81,27 @@ class Settings:
     data_dir: Path = Path(".hookline")
     commit_interval_s: float = 1.0
     session_timeout_s: float = 30.0
-    join_retention_days: float = 30.0
+    #: None: as long as order_retention_days (a transaction fact must never
+    #: miss an order that is still live).
+    join_retention_days: float | None = None
     order_retention_days: float = 400.0
-    raw_retention_days: float = 30.0
+    #: None: unlimited. The raw topic is the system of record.
+    raw_retention_days: float | None = None
+    #: Events, changes, dead letters and internal topics.
+    topic_retention_days: float = 30.0
     #: Faust's check that a RocksDB table is not ahead of its changelog. Off
     #: only for the embedded broker, whose end offsets are too low after
     #: multi-record batches (it would refuse to start on good state).
     recovery_consistency_check: bool = True
+    #: A body must arrive whole this many seconds after the request's headers
+    #: (408 otherwise): a sender that stalls mid-body holds nothing for long.
+    body_timeout_s: float = 10.0
+    #: Bytes of bodies held at once for senders not yet verified (HMAC, JWT,
+    #: Standard Webhooks, none); past it 503, so unauthenticated clients
+    #: cannot fill the gateway's memory.
+    unverified_body_bytes: int = 64 * 1024 * 1024
+    #: Serve /docs, /redoc and /openapi.json (turn off on the open internet).
+    api_docs: bool = True
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -97,11 +121,28 @@ class Settings:
             data_dir=Path(env.get("HOOKLINE_DATA_DIR") or ".hookline"),
             commit_interval_s=_float(env, "HOOKLINE_COMMIT_INTERVAL", 1.0),
             session_timeout_s=_float(env, "HOOKLINE_SESSION_TIMEOUT", 30.0),
-            join_retention_days=_float(env, "HOOKLINE_JOIN_RETENTION_DAYS", 30.0),
+            join_retention_days=(
+                _float(env, "HOOKLINE_JOIN_RETENTION_DAYS", 1.0)
+                if env.get("HOOKLINE_JOIN_RETENTION_DAYS")
+                else None
+            ),
             order_retention_days=_float(env, "HOOKLINE_ORDER_RETENTION_DAYS", 400.0),
-            raw_retention_days=_float(env, "HOOKLINE_RAW_RETENTION_DAYS", 30.0),
+            raw_retention_days=_days_or_unlimited(env, "HOOKLINE_RAW_RETENTION_DAYS", None),
+            topic_retention_days=_float(env, "HOOKLINE_TOPIC_RETENTION_DAYS", 30.0),
             recovery_consistency_check=_bool(env, "HOOKLINE_RECOVERY_CONSISTENCY_CHECK", True),
+            body_timeout_s=_float(env, "HOOKLINE_BODY_TIMEOUT", 10.0),
+            unverified_body_bytes=_int(
+                env, "HOOKLINE_UNVERIFIED_BODY_BYTES", 64 * 1024 * 1024, minimum=1024
+            ),
+            api_docs=_bool(env, "HOOKLINE_API_DOCS", True),
         )
+
+    @property
+    def effective_join_retention_days(self) -> float:
+        """The join keeps its state at least as long as the orders do, by default."""
+        if self.join_retention_days is None:
+            return self.order_retention_days
+        return self.join_retention_days
 
     @property
     def max_record_bytes(self) -> int:

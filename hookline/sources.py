@@ -43,6 +43,7 @@ _KEYS = {
     "dedup_window",
     "dedup_ignore",
     "retry_horizon",
+    "max_body_bytes",
 }
 #: Field paths a provider may change on each retry: at most this many, this long.
 MAX_IGNORED_FIELDS = 32
@@ -77,6 +78,9 @@ class Source:
     dedup_ignore: tuple[str, ...] = ()
     #: How long after a signed token's ``exp`` an authentic retry is still accepted.
     retry_horizon_ms: int = DEFAULT_RETRY_HORIZON_MS
+    #: This source's body limit (413 above it); None: the gateway's default for
+    #: its method (HOOKLINE_MAX_BODY_BYTES, 16 KiB for jwt-hs256).
+    max_body_bytes: int | None = None
 
     def ip_allowed(self, host: str | None) -> bool:
         if not self.allow_ips:
@@ -150,11 +154,16 @@ def _source(
     ignore = table.get("dedup_ignore", ())
     if not _strings(ignore) or not all(_FIELD_PATH.match(path) for path in ignore):
         raise SourcesError(
-            f"{where}: dedup_ignore must be a list of field paths such as \"sent_at\" or "
-            "\"meta.attempt\""
+            f'{where}: dedup_ignore must be a list of field paths such as "sent_at" or '
+            '"meta.attempt"'
         )
     if len(ignore) > MAX_IGNORED_FIELDS:
         raise SourcesError(f"{where}: dedup_ignore names more than {MAX_IGNORED_FIELDS} fields")
+    max_body = table.get("max_body_bytes")
+    if max_body is not None and (
+        isinstance(max_body, bool) or not isinstance(max_body, int) or max_body < 2
+    ):
+        raise SourcesError(f"{where}: max_body_bytes must be an integer of at least 2 (bytes)")
 
     return Source(
         name=name,
@@ -167,6 +176,7 @@ def _source(
         dedup_window_ms=window,
         dedup_ignore=tuple(ignore),
         retry_horizon_ms=horizon,
+        max_body_bytes=max_body,
     )
 
 

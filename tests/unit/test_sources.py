@@ -379,3 +379,15 @@ def test_allow_ips_host_bits_are_accepted(tmp_path: Path) -> None:
     src = load_one(tmp_path, GOOD + '\nallow_ips = ["10.1.2.3/8"]')
     assert src.ip_allowed("10.200.0.1")
     assert not src.ip_allowed("11.0.0.1")
+
+
+def test_max_body_bytes_is_optional_and_per_source(tmp_path: Path) -> None:
+    assert load_one(tmp_path, GOOD).max_body_bytes is None
+    assert load_one(tmp_path, GOOD + "\nmax_body_bytes = 4096").max_body_bytes == 4096
+
+
+@pytest.mark.parametrize("value", ["0", "1", "-5", '"16KiB"', "1.5", "true"])
+def test_max_body_bytes_must_be_a_byte_count(tmp_path: Path, value: str) -> None:
+    message = refused(tmp_path, one(GOOD + f"\nmax_body_bytes = {value}"))
+    assert "[sources.partner]" in message
+    assert "max_body_bytes" in message

@@ -12,8 +12,16 @@ from typing import Any
 
 import jwt
 import pytest
+from starlette.datastructures import Headers, QueryParams
 
-from gateway.verify import Incoming, VerificationFailed, Verifier, verifier_for
+from gateway.verify import (
+    CHALLENGES,
+    Incoming,
+    VerificationFailed,
+    Verifier,
+    repeated_input,
+    verifier_for,
+)
 from tests.support.signing import standard_webhooks_headers
 from tests.unit.helpers import payload, payload_bytes, source
 
@@ -253,17 +261,85 @@ def test_jwt_rotation_accepts_both() -> None:
     refused(verifier, jwt_request(third))
 
 
-@pytest.mark.parametrize("key", [JWT_KEY, JWT_KEY_NEXT])
-def test_jwt_expired(key: str) -> None:
+HOUR = 3600
+DAY = 24 * HOUR
+
+
+def expiring(key: str, exp_offset_s: int, **claims: Any) -> Incoming:
     now = int(time.time())
-    token = jwt.encode({**CLAIMS, "iat": now - 7200, "exp": now - 3600}, key, algorithm="HS256")
-    refused(payments_verifier(JWT_KEY, JWT_KEY_NEXT), jwt_request(token))
+    body = {**CLAIMS, "iat": now + exp_offset_s - HOUR, "exp": now + exp_offset_s, **claims}
+    return jwt_request(jwt.encode(body, key, algorithm="HS256"))
+
+
+def horizon_verifier(horizon_ms: int | None, *keys: str) -> Verifier:
+    extra = {} if horizon_ms is None else {"retry_horizon_ms": horizon_ms}
+    return verifier_for(
+        source(
+            kind="payments",
+            verify="jwt-hs256",
+            secrets=tuple(k.encode() for k in keys),
+            **extra,
+        )
+    )
+
+
+@pytest.mark.parametrize("key", [JWT_KEY, JWT_KEY_NEXT])
+@pytest.mark.parametrize("expired_for_s", [HOUR, 72 * HOUR, 7 * DAY - HOUR])
+def test_jwt_retry_past_exp_inside_the_default_horizon_is_accepted(
+    key: str, expired_for_s: int
+) -> None:
+    # Seed 002 re-sends the same signed token for up to 72 h: those retries must get through.
+    horizon_verifier(None, JWT_KEY, JWT_KEY_NEXT)(expiring(key, -expired_for_s))
+
+
+@pytest.mark.parametrize("key", [JWT_KEY, JWT_KEY_NEXT])
+def test_jwt_past_the_default_seven_day_horizon_is_refused(key: str) -> None:
+    verifier = horizon_verifier(None, JWT_KEY, JWT_KEY_NEXT)
+    assert refused(verifier, expiring(key, -(7 * DAY + HOUR))) == "jwt_expired"
+
+
+def test_jwt_horizon_is_the_sources_setting() -> None:
+    verifier = horizon_verifier(2 * HOUR * 1000, JWT_KEY)
+    verifier(expiring(JWT_KEY, -HOUR))
+    assert refused(verifier, expiring(JWT_KEY, -3 * HOUR)) == "jwt_expired"
+
+
+def test_jwt_not_yet_valid_stays_strict_whatever_the_horizon() -> None:
+    verifier = horizon_verifier(30 * DAY * 1000, JWT_KEY)
+    now = int(time.time())
+    assert refused(verifier, expiring(JWT_KEY, HOUR, nbf=now + HOUR)) == "bad_jwt"
+    verifier(expiring(JWT_KEY, HOUR, nbf=now - 10))
+
+
+@pytest.mark.parametrize("exp", ["tomorrow", "1700000000", True, [1]])
+def test_jwt_exp_that_is_not_a_number_is_refused(exp: Any) -> None:
+    token = jwt.encode({**CLAIMS, "exp": exp}, JWT_KEY, algorithm="HS256")
+    refused(payments_verifier(JWT_KEY), jwt_request(token))
 
 
 def test_jwt_expired_and_wrong_key_is_still_refused() -> None:
     now = int(time.time())
     token = jwt.encode({**CLAIMS, "exp": now - 3600}, "wrong-key-0123456789abcdef0123456", "HS256")
-    refused(payments_verifier(JWT_KEY), jwt_request(token))
+    assert refused(payments_verifier(JWT_KEY), jwt_request(token)) == "bad_signature"
+
+
+def test_jwt_expired_with_tampered_claims_is_refused_inside_the_horizon() -> None:
+    header, _, signature = jwt.encode(
+        {**CLAIMS, "exp": int(time.time()) - HOUR}, JWT_KEY, algorithm="HS256"
+    ).split(".")
+    claims = b64url(json.dumps({**CLAIMS, "paymentStatus": "failed"}).encode())
+    reason = refused(payments_verifier(JWT_KEY), jwt_request(f"{header}.{claims}.{signature}"))
+    assert reason == "bad_signature"
+
+
+def test_jwt_expired_with_another_algorithm_is_refused_inside_the_horizon() -> None:
+    token = jwt.encode({**CLAIMS, "exp": int(time.time()) - HOUR}, JWT_KEY, algorithm="HS512")
+    assert refused(payments_verifier(JWT_KEY), jwt_request(token)) == "jwt_algorithm"
+
+
+@pytest.mark.parametrize("token", ["\ud800.a.b", "\u00e9yJ.a.b", "a.b.\u2028"])
+def test_jwt_token_that_is_not_ascii_is_malformed(token: str) -> None:
+    assert refused(payments_verifier(JWT_KEY), jwt_request(token)) == "malformed_jwt"
 
 
 @pytest.mark.parametrize(
@@ -373,3 +449,102 @@ def test_each_method_builds_its_own_verifier() -> None:
     assert make("standard-webhooks", WHSEC).method == "standard-webhooks"
     assert not make("token", TOKEN).needs_document
     assert not make("hmac-sha256", HMAC_KEY).needs_document
+
+
+# -- before the body: prechecks, repeated inputs, challenges ------------------------
+
+
+def test_token_precheck_is_the_whole_check_and_needs_no_body() -> None:
+    verifier = make("token", TOKEN)
+    assert verifier.complete_before_body
+    verifier.precheck(incoming(b"", query={"token": TOKEN}))
+    assert refused_by_precheck(verifier, incoming(b"", query={"token": "wrong"})) == "bad_token"
+
+
+def refused_by_precheck(verifier: Verifier, request: Incoming) -> str:
+    with pytest.raises(VerificationFailed) as info:
+        verifier.precheck(request)
+    return info.value.reason
+
+
+def test_hmac_precheck_refuses_a_missing_or_malformed_header_but_not_a_wrong_one() -> None:
+    verifier = make("hmac-sha256", HMAC_KEY)
+    assert not verifier.complete_before_body
+    assert refused_by_precheck(verifier, incoming(b"")) == "missing_signature"
+    malformed = incoming(b"", {"x-signature": "zz"})
+    assert refused_by_precheck(verifier, malformed) == "malformed_signature"
+    # Well-formed but wrong: only the body can tell, so it passes the precheck...
+    verifier.precheck(incoming(b"", {"x-signature": sign(b"other", HMAC_KEY)}))
+    # ...and the check over the body refuses it.
+    refused(verifier, incoming(SALE, {"x-signature": sign(b"other", HMAC_KEY)}))
+
+
+@pytest.mark.parametrize("age_s", [301, 86_400, -600])
+def test_standard_webhooks_precheck_refuses_a_stale_timestamp(age_s: int) -> None:
+    headers = std_headers(BODY, timestamp=int(time.time()) - age_s)
+    verifier = make("standard-webhooks", WHSEC)
+    assert refused_by_precheck(verifier, incoming(b"", headers)) == "bad_timestamp"
+
+
+@pytest.mark.parametrize("timestamp", ["yesterday", "1e400", "-5", "9" * 40, ""])
+def test_standard_webhooks_precheck_refuses_a_malformed_timestamp(timestamp: str) -> None:
+    headers = dict(std_headers(BODY), **{"webhook-timestamp": timestamp})
+    refused_by_precheck(make("standard-webhooks", WHSEC), incoming(b"", headers))
+
+
+def test_standard_webhooks_precheck_passes_a_fresh_request() -> None:
+    make("standard-webhooks", WHSEC).precheck(incoming(b"", std_headers(BODY)))
+
+
+def test_jwt_precheck_passes_everything_the_body_must_decide() -> None:
+    payments_verifier(JWT_KEY).precheck(incoming(b""))
+
+
+def multi(pairs: list[tuple[str, str]]) -> tuple[QueryParams, Headers]:
+    # As the server hands them over: header names lowercased (ASGI).
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
+    return QueryParams(pairs), Headers(raw=raw)
+
+
+@pytest.mark.parametrize(
+    ("query", "headers", "named"),
+    [
+        ([("token", "forged"), ("token", TOKEN)], [], "token"),
+        ([], [("X-Signature", "a" * 64), ("x-signature", "b" * 64)], "x-signature"),
+        ([], [("webhook-id", "1"), ("Webhook-Id", "2")], "webhook-id"),
+        ([], [("webhook-timestamp", "1"), ("webhook-timestamp", "1")], "webhook-timestamp"),
+        ([], [("webhook-signature", "v1,a"), ("webhook-signature", "v1,b")], "webhook-signature"),
+    ],
+)
+def test_a_verification_input_given_twice_is_named(
+    query: list[tuple[str, str]], headers: list[tuple[str, str]], named: str
+) -> None:
+    params, _ = multi(query)
+    _, head = multi(headers)
+    found = repeated_input(params, head)
+    assert found is not None
+    assert named in found
+    assert TOKEN not in found
+
+
+def test_single_inputs_and_other_repeated_names_are_not_ambiguous() -> None:
+    params, _ = multi([("token", TOKEN), ("other", "1"), ("other", "2")])
+    _, head = multi([("x-signature", "a" * 64), ("accept", "a"), ("accept", "b")])
+    assert repeated_input(params, head) is None
+
+
+@pytest.mark.parametrize(
+    ("method", "secrets"),
+    [
+        ("token", (TOKEN,)),
+        ("hmac-sha256", (HMAC_KEY,)),
+        ("standard-webhooks", (WHSEC,)),
+        ("none", ()),
+    ],
+)
+def test_every_method_has_a_challenge_without_secrets(method: str, secrets: tuple[str]) -> None:
+    challenge = make(method, *secrets).challenge
+    assert challenge == CHALLENGES[method]
+    assert 'realm="hookline"' in challenge
+    assert not [s for s in ALL_SECRETS if s in challenge]
+    assert payments_verifier(JWT_KEY).challenge.startswith("JWT ")
