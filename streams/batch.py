@@ -13,6 +13,13 @@ Kafka acknowledged all of them, and only then writes the table. So:
 Faust commits offsets only after flushing the producer, so neither the
 outputs nor the state of a committed input can be lost.
 
+Outputs go straight to the producer (``app.producer.send``), not through
+Faust's per-record topic machinery: a batch is one burst of sends and one
+wait for all acknowledgements. A batch that fails must never be committed,
+and Faust acks a ``take_events`` batch when its generator is closed, even
+after an exception; so a failure ends the process at once (see
+:func:`streams.pipeline.fatal`), before anything can be acked.
+
 Faust stores a table key, and writes its changelog, in the partition of the
 *current event*. A batch spans several partitions, so each write is made in
 the context of the input event that caused it: every input touching a table
@@ -24,15 +31,21 @@ delivery's ordering key, which all retries of the delivery share).
 from __future__ import annotations
 
 import asyncio
+import os
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.streams import _current_event
-from faust.types import EventT, TableT, TopicT
+from faust.types import EventT, ProducerT, TableT, TopicT
 
-Output = tuple[TopicT, bytes, bytes]
+Output = tuple[str, bytes, bytes]
+
+#: Test-only fault injection: ``HOOKLINE_FAIL_SENDS=<stage>`` makes that stage's
+#: first batch with outputs fail its sends, as a broker refusing them would.
+_FAIL_SENDS = set(filter(None, os.environ.get("HOOKLINE_FAIL_SENDS", "").split(",")))
 
 #: Marks a key to delete in :class:`Batch` writes.
 DELETE = object()
@@ -48,15 +61,20 @@ def in_partition_of(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-async def send_acknowledged(sends: list[Output]) -> None:
+async def send_acknowledged(producer: ProducerT, sends: list[Output], stage: str = "") -> None:
     """Send all, then wait until Kafka acknowledged every one.
 
     Raises if any send failed: the batch is then not acknowledged, the worker
     crashes and the inputs are processed again.
     """
-    if sends:
-        pending = [await topic.send(key=key, value=value) for topic, key, value in sends]
-        await asyncio.gather(*pending)
+    if not sends:
+        return
+    if stage in _FAIL_SENDS:
+        _FAIL_SENDS.discard(stage)
+        raise KafkaError(f"injected send failure in stage {stage} (HOOKLINE_FAIL_SENDS)")
+    send = producer.send
+    pending = [await send(topic, key, value, None, None, None) for topic, key, value in sends]
+    await asyncio.gather(*pending)
 
 
 class Batch:
@@ -72,8 +90,10 @@ class Batch:
         encode: Callable[[Any], bytes],
         decode: Callable[[bytes], Any],
         on_put: Callable[[EventT, bytes, Any], None] | None = None,
+        stage: str = "",
     ) -> None:
         self.table = table
+        self.stage = stage
         self._encode = encode
         self._decode = decode
         self._on_put = on_put
@@ -99,7 +119,7 @@ class Batch:
         self._writes[key] = (event, DELETE)
 
     def send(self, topic: TopicT, key: bytes, value: bytes) -> None:
-        self._sends.append((topic, key, value))
+        self._sends.append((_name(topic), key, value))
 
     @property
     def sends(self) -> int:
@@ -107,7 +127,7 @@ class Batch:
 
     async def flush(self) -> None:
         """Send every output, wait for all acknowledgements, then write the table."""
-        await send_acknowledged(self._sends)
+        await send_acknowledged(self.table.app.producer, self._sends, self.stage)
         for key, (event, value) in self._writes.items():
             with in_partition_of(event):
                 if value is DELETE:
@@ -116,3 +136,10 @@ class Batch:
                     self.table[key] = self._encode(value)
         self._sends.clear()
         self._writes.clear()
+
+
+def _name(topic: TopicT, _names: dict[int, str] = {}) -> str:  # noqa: B006 (a cache)
+    name = _names.get(id(topic))
+    if name is None:
+        name = _names[id(topic)] = topic.get_topic_name()
+    return name

@@ -15,9 +15,11 @@ never share a topic with production ones.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +54,39 @@ class PipelineConfig:
     batch_within_s: float = 0.02
 
 
+#: Exit status of a worker whose batch failed (EX_SOFTWARE): restart it.
+FAILED_BATCH_EXIT = 70
+
+
+def fatal(stage: str, body: Callable[[StreamT], Awaitable[None]]) -> Callable[..., Any]:
+    """Run a stage; if a batch fails, end the process before anything is committed.
+
+    Faust's default supervisor would restart the agent, and the abandoned
+    batch's events would be acked when its ``take_events`` generator is
+    finalized, then committed: those deliveries would be lost. Exiting at
+    once (no await in between, so no ack and no commit can run) leaves the
+    inputs uncommitted; a restarted worker processes them again.
+    """
+
+    async def agent(stream: StreamT) -> None:
+        try:
+            await body(stream)
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            log.critical(
+                "stage %s: a batch failed; exiting without committing it (it will be "
+                "processed again after a restart)",
+                stage,
+                exc_info=True,
+            )
+            logging.shutdown()
+            os._exit(FAILED_BATCH_EXIT)
+
+    agent.__name__ = agent.__qualname__ = f"{stage}_agent"
+    return agent
+
+
 class StateTable:
     """A changelog-backed table of Avro records, with its expiry sweeper."""
 
@@ -68,8 +103,8 @@ class StateTable:
         self.decode = lambda data: codec.decode_as(schema, data)
         self.expiry = Expiry(table, self.decode, on_expired)
 
-    def batch(self) -> Batch:
-        return Batch(self.table, self.encode, self.decode, on_put=self.expiry.noted)
+    def batch(self, stage: str) -> Batch:
+        return Batch(self.table, self.encode, self.decode, on_put=self.expiry.noted, stage=stage)
 
     async def finish(self, batch: Batch, clock: StreamTime) -> None:
         """Delete what expired, then send outputs, await acks, write the table."""
@@ -113,9 +148,11 @@ class EnvironmentPipeline:
         self.awaiting = AwaitingActivation(self.order_store.table, self.order_store.decode)
         metrics.watch_awaiting(env, self.awaiting)
 
-        app.agent(self.raw, name=f"{env}.intake")(self.intake)
-        app.agent(self.transaction_facts, name=f"{env}.transactions")(self.transactions)
-        app.agent(self.order_inputs, name=f"{env}.orders")(self.orders)
+        app.agent(self.raw, name=f"{env}.intake")(fatal("intake", self.intake))
+        app.agent(self.transaction_facts, name=f"{env}.transactions")(
+            fatal("transactions", self.transactions)
+        )
+        app.agent(self.order_inputs, name=f"{env}.orders")(fatal("orders", self.orders))
 
     def _topic(self, name: str, partitions: int | None = None) -> TopicT:
         return self.app.topic(
@@ -163,7 +200,7 @@ class EnvironmentPipeline:
         """
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("intake").observe(len(events))
-            batch, clock = self.dedup_store.batch(), StreamTime()
+            batch, clock = self.dedup_store.batch("intake"), StreamTime()
             letters: list[dict[str, Any]] = []
             duplicates: dict[str, int] = {}
             for event in events:
@@ -242,7 +279,7 @@ class EnvironmentPipeline:
         retention = self.config.join_retention_ms
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("transactions").observe(len(events))
-            batch, clock = self.transaction_store.batch(), StreamTime()
+            batch, clock = self.transaction_store.batch("transactions"), StreamTime()
             for event in events:
                 canonical = self._decode(event, codec.CANONICAL_EVENT)
                 if canonical is None:
@@ -266,7 +303,7 @@ class EnvironmentPipeline:
         retention = self.config.order_retention_ms
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("orders").observe(len(events))
-            batch, clock = self.order_store.batch(), StreamTime()
+            batch, clock = self.order_store.batch("orders"), StreamTime()
             received: list[int] = []
             transitions: list[tuple[int, Any, Any]] = []
             for event in events:

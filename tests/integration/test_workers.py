@@ -386,3 +386,34 @@ async def test_expired_keys_are_deleted_from_tables(
         assert metric(worker, "hookline_worker_expired_keys_total") >= 2
     finally:
         worker.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["intake", "transactions", "orders"])
+async def test_a_failed_send_is_never_committed(
+    stage: str, env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
+) -> None:
+    """A batch whose sends fail ends the worker before its offsets can be committed.
+
+    Faust would otherwise restart the agent and ack the abandoned batch; here
+    the worker exits (status 70) and a restarted worker, without the fault,
+    processes the same inputs: every order ends exact, nothing is lost.
+    """
+    faulty = processes.worker({**env, "HOOKLINE_FAIL_SENDS": stage}, log_dir)
+    faulty.start(timeout=90)
+    deliveries, expected = scenario(orders=20)
+    try:
+        await produce(bootstrap, deliveries, RATE_PER_S)
+        assert faulty.process is not None
+        code = await asyncio.to_thread(faulty.process.wait, 60)
+        assert code == 70, faulty.tail()
+        assert f"stage {stage}: a batch failed" in faulty.tail()
+    finally:
+        faulty.kill()
+    healthy = processes.worker(env, log_dir)
+    await asyncio.to_thread(healthy.start, 120)
+    try:
+        records = await final_records(bootstrap, expected)
+        check_exact(records, expected)
+    finally:
+        healthy.stop()
