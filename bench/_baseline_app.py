@@ -53,6 +53,9 @@ def main() -> None:
         port=args.port,
         log_config=None,
         access_log=False,
+        # The gateway runs on uvloop and httptools (gateway/server.py): so does its baseline.
+        loop="uvloop",
+        http="httptools",
         proxy_headers=False,
         forwarded_allow_ips=None,
         timeout_graceful_shutdown=10,

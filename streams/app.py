@@ -50,6 +50,10 @@ def create_app(
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         producer_acks=-1,
+        # A batch's outputs are sent in one burst and awaited together: a few
+        # milliseconds of linger turn them into a few produce requests.
+        producer_linger=0.004,
+        producer_max_batch_size=256 * 1024,
         table_standby_replicas=0,
         recovery_consistency_check=settings.recovery_consistency_check,
         stream_wait_empty=True,
