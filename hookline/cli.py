@@ -1,4 +1,4 @@
-"""The ``hookline`` command: run, gateway, worker, broker.
+"""The ``hookline`` command: run, gateway, worker, broker, tail, redrive, replay, schemas, sink.
 
 Every subcommand reads KAFKA_BOOTSTRAP_SERVERS and HOOKLINE_SOURCES (plus the
 HOOKLINE_* settings listed in the README) from the environment.
@@ -30,13 +30,13 @@ environment:
 
 
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # aiokafka logs every reconnect attempt at ERROR while Kafka is away.
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL if not verbose else logging.INFO)
+    """Text or JSON lines (HOOKLINE_LOG_FORMAT), the same in every process; see hookline.logs."""
+    from hookline import logs
+
+    try:
+        logs.configure(verbose)
+    except logs.LogFormatError as exc:
+        raise SystemExit(f"hookline: {exc}") from None
 
 
 def _settings() -> Settings:
@@ -83,25 +83,14 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from gateway.app import create_app
+    from gateway.server import serve
 
     settings = _settings()
     if not settings.bootstrap_servers:
         _missing_bootstrap()
     _check_sources(settings, with_secrets=True)
-    app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        log_config=None,  # keep our logging setup
-        access_log=False,  # access logs would print query strings, i.e. tokens
-        proxy_headers=bool(args.forwarded_allow_ips),
-        forwarded_allow_ips=args.forwarded_allow_ips or None,
-        timeout_graceful_shutdown=10,
-    )
+    serve(create_app(settings), args.host, args.port, args.forwarded_allow_ips)
     return 0
 
 
@@ -117,13 +106,13 @@ async def _ensure_worker_topics(settings: Settings) -> None:
 
     from hookline import topics
 
-    retention, max_record = settings.raw_retention_days, settings.max_record_bytes
+    max_record = settings.max_record_bytes
     specs = [
         spec
         for env in ENVIRONMENTS
         for spec in (
-            topics.worker_topics(env, retention, max_record)
-            + topics.gateway_topics(env, retention, max_record)
+            topics.worker_topics(env, settings.topic_retention_days, max_record)
+            + topics.gateway_topics(env, settings.raw_retention_days, max_record)
         )
     ]
     attempt = 0
@@ -136,16 +125,30 @@ async def _ensure_worker_topics(settings: Settings) -> None:
                 settings.partitions,
                 settings.replication_factor,
             )
-            return
+            counts = await topics.partition_counts(
+                settings.require_bootstrap(), [topics.raw(env) for env in ENVIRONMENTS]
+            )
+            break
         except (KafkaError, OSError, TimeoutError) as exc:
             if attempt == 1 or attempt % 10 == 0:
                 log.warning("waiting for Kafka at %s (%s)", settings.bootstrap_servers, exc)
             await asyncio.sleep(1.0)
+    # Deduplication runs on raw and keeps its table in raw's partitions: the
+    # gateway puts every retry of a delivery in one raw partition, so the
+    # table must have exactly as many.
+    for name, count in sorted(counts.items()):
+        if count != settings.partitions:
+            raise SystemExit(
+                f"hookline: topic {name} has {count} partitions but HOOKLINE_PARTITIONS is "
+                f"{settings.partitions}; the worker's tables are partitioned like the raw "
+                f"topic, so set HOOKLINE_PARTITIONS={count} (or recreate the topic)."
+            )
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
+    from hookline import logs
     from streams.app import create_app
 
     settings = _settings()
@@ -155,7 +158,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
     asyncio.run(_ensure_worker_topics(settings))
     (settings.data_dir / "worker").mkdir(parents=True, exist_ok=True)
     app = create_app(settings, web_port=args.web_port, web_host=args.web_host)
-    worker = faust.Worker(app, loglevel="DEBUG" if args.verbose else "INFO", quiet=True)
+    worker = faust.Worker(
+        app,
+        loglevel="DEBUG" if args.verbose else "INFO",
+        quiet=True,
+        # Faust replaces the root logging setup; give it ours (text or JSON lines).
+        logging_config=logs.dict_config(args.verbose),
+    )
     worker.execute_from_commandline()
     return 0
 
@@ -167,6 +176,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         gateway_port=args.port,
         worker_web_port=args.worker_web_port,
         broker_port=args.broker_port,
+        sink_web_port=args.sink_web_port,
     )
 
 
@@ -198,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--broker-port", type=int, default=None, help="embedded broker port (default: a free port)"
+    )
+    run.add_argument(
+        "--sink-web-port",
+        type=int,
+        default=6067,
+        help="warehouse sink /metrics port (default 6067; the sink runs when the "
+        "warehouse extra is installed)",
     )
     run.set_defaults(func=cmd_run)
 
@@ -248,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--log-file", default=None, help="broker log (default .hookline/broker-PORT.log)"
     )
     br.set_defaults(func=cmd_broker)
+
+    from hookline import redrive, replay, schema_commands, tail
+    from warehouse import command as sink_command
+
+    tail.add_parser(sub, ENV_HELP)
+    redrive.add_parser(sub, ENV_HELP)
+    replay.add_parser(sub, ENV_HELP)
+    schema_commands.add_parser(sub)
+    sink_command.add_parser(sub, ENV_HELP)
     return parser
 
 

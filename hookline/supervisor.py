@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+from hookline import logs
 from hookline.settings import DEV_SOURCES
 
 DEV_ENV = DEV_SOURCES.parent / "dev.env"
@@ -33,7 +34,7 @@ def dev_secrets(path: Path = DEV_ENV) -> dict[str, str]:
 
 def _pump(name: str, stream: object) -> None:
     for line in iter(stream.readline, b""):  # type: ignore[attr-defined]
-        sys.stderr.write(f"[{name}] {line.decode(errors='replace')}")
+        sys.stderr.write(logs.child_line(name, line))  # JSON stays JSON (HOOKLINE_LOG_FORMAT)
         sys.stderr.flush()
 
 
@@ -50,7 +51,24 @@ def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[
     return process
 
 
-def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) -> int:
+def _start_sink(env: dict[str, str], web_port: int) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """The warehouse sink when its extra is installed, and the line describing it."""
+    from warehouse.command import default_warehouse, warehouse_available
+
+    if not warehouse_available():
+        return None, "off: pip install -e '.[warehouse]' to land Iceberg tables (hookline sink)"
+    folder = default_warehouse(env).resolve()
+    env.setdefault("HOOKLINE_SINK_COMMIT_INTERVAL", "5")  # development: tables fill quickly
+    args = ["sink", "--warehouse", str(folder), "--web-port", str(web_port)]
+    return _spawn("sink", args, env), (
+        f"{folder}  (Iceberg; SQLite catalog 'hookline' at catalog.db; "
+        f"sink metrics http://127.0.0.1:{web_port}/metrics)"
+    )
+
+
+def run_all(
+    gateway_port: int, worker_web_port: int, broker_port: int | None, sink_web_port: int = 6067
+) -> int:
     from infra.broker import EmbeddedBroker
     from infra.processes import stop_process
 
@@ -78,7 +96,8 @@ def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) ->
 
     gateway = _spawn("gateway", ["gateway", "--port", str(gateway_port)], env)
     worker = _spawn("worker", ["worker", "--web-port", str(worker_web_port)], env)
-    print(
+    sink, sink_line = _start_sink(env, sink_web_port)
+    logs.say(
         "\nhookline is starting:\n"
         f"  Kafka              {env['KAFKA_BOOTSTRAP_SERVERS']}"
         f"{' (embedded, in memory)' if broker else ''}\n"
@@ -86,32 +105,33 @@ def run_all(gateway_port: int, worker_web_port: int, broker_port: int | None) ->
         f"(/healthz /readyz /metrics)\n"
         f"  worker metrics     http://127.0.0.1:{worker_web_port}/metrics\n"
         f"  sources            {env['HOOKLINE_SOURCES']}\n"
+        f"  warehouse          {sink_line}\n"
         "  try:  curl -s -X POST 'http://127.0.0.1:"
         f"{gateway_port}/webhooks/partner?token=dev-partner-token' "
         "-H 'content-type: application/json' "
         "--data @tests/fixtures/payloads/partner-order-status.json\n"
         "  Ctrl-C stops everything.\n",
-        file=sys.stderr,
-        flush=True,
     )
     code = 0
     try:
         while not stopping.is_set():
-            for name, process in (("gateway", gateway), ("worker", worker)):
+            children = [("gateway", gateway), ("worker", worker)]
+            for name, process in children + ([("sink", sink)] if sink else []):
                 if process.poll() is not None:
-                    print(f"hookline: {name} exited with {process.returncode}", file=sys.stderr)
+                    logs.say(f"hookline: {name} exited with {process.returncode}")
                     code = process.returncode or 1
                     stopping.set()
             if broker is not None and not broker.alive():
-                print("hookline: embedded broker exited", file=sys.stderr)
+                logs.say("hookline: embedded broker exited")
                 code = 1
                 stopping.set()
             time.sleep(0.2)
     finally:
-        print("hookline: stopping gateway, worker, broker...", file=sys.stderr, flush=True)
+        logs.say("hookline: stopping gateway, worker, sink, broker...")
         stop_process(gateway, timeout=15)
         stop_process(worker, timeout=30)
+        stop_process(sink, timeout=30)  # after the worker: it lands the worker's last output
         if broker is not None:
             broker.stop()
-        print("hookline: stopped", file=sys.stderr, flush=True)
+        logs.say("hookline: stopped")
     return code

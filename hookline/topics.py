@@ -42,7 +42,7 @@ def orders_changes(env: str) -> str:
     return f"{env}.orders.changes"
 
 
-def deliveries(env: str) -> str:
+def deliveries(env: str) -> str:  # release 1 only: normalize and dedup are one stage now
     """Raw deliveries re-keyed by their deduplication key."""
     return f"{env}.hookline.deliveries"
 
@@ -79,11 +79,14 @@ class TopicSpec:
 TABLES = ("dedup", "transactions", "orders")
 
 
-def gateway_topics(env: str, raw_retention_days: float, max_record_bytes: int) -> list[TopicSpec]:
+def gateway_topics(
+    env: str, raw_retention_days: float | None, max_record_bytes: int
+) -> list[TopicSpec]:
+    """The raw topic: the system of record, kept forever unless a retention is set."""
     return [
         TopicSpec(
             raw(env),
-            retention_ms=int(raw_retention_days * DAY_MS),
+            retention_ms=-1 if raw_retention_days is None else int(raw_retention_days * DAY_MS),
             # A body at the gateway's limit must fit (Kafka's default is ~1 MB).
             configs={"max.message.bytes": str(max_record_bytes)},
         )
@@ -102,11 +105,30 @@ def worker_topics(env: str, retention_days: float, max_record_bytes: int) -> lis
         ),
         TopicSpec(orders_state(env), compacted=True),
         TopicSpec(orders_changes(env), retention_ms=retention),
-        TopicSpec(deliveries(env), retention_ms=retention),
         TopicSpec(transaction_facts(env), retention_ms=retention),
         TopicSpec(order_inputs(env), retention_ms=retention),
         *(TopicSpec(changelog(env, t), compacted=True) for t in TABLES),
     ]
+
+
+async def partition_counts(
+    bootstrap: str, names: Iterable[str], timeout_s: float = 30.0
+) -> dict[str, int]:
+    """Partitions of each existing topic among ``names``."""
+    wanted = set(names)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000)
+    )
+    await asyncio.wait_for(admin.start(), timeout_s)
+    try:
+        described = await admin.describe_topics(sorted(wanted))
+    finally:
+        await admin.close()
+    return {
+        topic["topic"]: len(topic["partitions"])
+        for topic in described
+        if topic["topic"] in wanted and topic.get("error_code", 0) == 0 and topic["partitions"]
+    }
 
 
 async def ensure_topics(

@@ -1,0 +1,215 @@
+"""One batch of one topic into its table, exactly once.
+
+Why it cannot double or lose a row:
+
+- The batch's rows and the offsets after them go into one Iceberg commit
+  (the offsets in the snapshot summary), which the catalog applies
+  atomically or not at all.
+- A partition's rows are only written when the table's stored offset for
+  that partition is still the one the batch started from. Another sink that
+  took the partition over (a rebalance), or this sink's own earlier commit
+  whose answer was lost, moved it on: then the partition is *fenced*, its
+  rows dropped, and the caller re-reads from the table's offset.
+- pyiceberg's automatic retry is switched off for these tables
+  (``commit.retry.num-retries = 0``): on a concurrent commit the whole check
+  runs again against the new table state.
+- Rows whose key is already in the table are left out (the worker re-emits
+  records after its own crashes), and ``orders_state`` only replaces an
+  order's row with a higher version, so a late or replayed older state never
+  goes back.
+
+Synchronous on purpose: pyiceberg is, and the sink runs this in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from pyiceberg.catalog import Catalog
+from pyiceberg.exceptions import CommitFailedException
+from pyiceberg.expressions import (
+    And,
+    BooleanExpression,
+    GreaterThanOrEqual,
+    In,
+    LessThanOrEqual,
+)
+from pyiceberg.table import Table
+
+from warehouse import rows, tables
+from warehouse.rows import TableDef
+from warehouse.tables import WarehouseError
+
+log = logging.getLogger(__name__)
+
+MAX_CONFLICTS = 20
+
+
+@dataclass
+class PartitionBatch:
+    """The records of one partition since the table's offset ``base``."""
+
+    base: int | None  # the table's offset this batch continues from (None: it had none)
+    next_offset: int  # the offset after the last record consumed
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class CommitResult:
+    committed: dict[int, int] = field(default_factory=dict)  # partition -> table's new offset
+    fenced: dict[int, int | None] = field(default_factory=dict)  # partition -> table's offset
+    rows_written: int = 0
+    duplicates: int = 0  # already in the table, or twice in the batch
+    stale: int = 0  # orders_state: an equal or higher version was already there
+    conflicts: int = 0  # concurrent commits that made us re-check
+    seconds: float = 0.0
+
+
+def _at(value: datetime) -> str:
+    return value.isoformat()
+
+
+class TableWriter:
+    """Commits batches of one topic into one table."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        table_def: TableDef,
+        environment: str,
+    ) -> None:
+        self.catalog = catalog
+        self.table_def = table_def
+        self.environment = environment
+        self.topic = table_def.topic(environment)
+        self.identifier = table_def.identifier(environment)
+        self._table: Table | None = None
+
+    def _load(self) -> Table:
+        try:
+            if self._table is None:
+                self._table = tables.ensure_table(self.catalog, self.table_def, self.environment)
+            else:
+                self._table = self._table.refresh()
+        except WarehouseError:
+            raise
+        except Exception as exc:
+            raise WarehouseError(
+                f"cannot load {self.identifier}: {type(exc).__name__}: {exc}"
+            ) from exc
+        return self._table
+
+    def offsets(self) -> dict[int, int]:
+        """Where the table says this topic's partitions resume."""
+        return tables.all_offsets(self._load()).get(self.topic, {})
+
+    def commit(self, parts: dict[int, PartitionBatch]) -> CommitResult:
+        started = time.monotonic()
+        result = CommitResult()
+        for _ in range(MAX_CONFLICTS):
+            table = self._load()
+            offsets = tables.all_offsets(table)
+            current = offsets.get(self.topic, {})
+            accepted = {p: b for p, b in parts.items() if current.get(p) == b.base}
+            result.fenced = {p: current.get(p) for p in parts if p not in accepted}
+            if not accepted:
+                break
+            batch = [row for b in accepted.values() for row in b.rows]
+            unique = rows.unique_rows(self.table_def, batch)
+            new, replace, stale, duplicates = self._against_table(table, unique)
+            # Versioned: an older version in the same batch is superseded (stale).
+            if self.table_def.version_column is not None:
+                stale += len(batch) - len(unique)
+            else:
+                duplicates += len(batch) - len(unique)
+            result.stale, result.duplicates = stale, duplicates
+            offsets[self.topic] = {**current, **{p: b.next_offset for p, b in accepted.items()}}
+            try:
+                transaction = table.transaction()
+                if replace is not None:
+                    transaction.delete(replace)
+                transaction.append(
+                    tables.arrow_rows(table, new),
+                    snapshot_properties=tables.offsets_property(offsets),
+                )
+                transaction.commit_transaction()
+            except CommitFailedException:
+                result.conflicts += 1
+                log.info("%s: concurrent commit, checking offsets again", self.identifier)
+                continue
+            except Exception as exc:
+                raise WarehouseError(
+                    f"commit to {self.identifier} failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            result.committed = {p: b.next_offset for p, b in accepted.items()}
+            result.rows_written = len(new)
+            break
+        else:
+            raise WarehouseError(
+                f"{self.identifier}: {MAX_CONFLICTS} concurrent commits in a row; giving up"
+            )
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _against_table(
+        self, table: Table, batch: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], BooleanExpression | None, int, int]:
+        """(rows to append, filter of rows they replace, stale count, duplicate count)."""
+        if not batch or table.current_snapshot() is None:
+            return batch, None, 0, 0
+        if self.table_def.version_column is not None:
+            return self._newer_versions(table, batch)
+        first = self.table_def.key[0]
+        time_column = self.table_def.time_column
+        times = [row[time_column] for row in batch]
+        # A re-emitted record has the same time, so only the batch's time
+        # range can hold a copy: partition and file statistics prune the rest.
+        found = table.scan(
+            row_filter=And(
+                In(first, {row[first] for row in batch}),
+                And(
+                    GreaterThanOrEqual(time_column, _at(min(times))),
+                    LessThanOrEqual(time_column, _at(max(times))),
+                ),
+            ),
+            selected_fields=self.table_def.key,
+        ).to_arrow()
+        existing = set(zip(*(found.column(k).to_pylist() for k in self.table_def.key), strict=True))
+        new = [row for row in batch if rows.key_of(self.table_def, row) not in existing]
+        return new, None, 0, len(batch) - len(new)
+
+    def _newer_versions(
+        self, table: Table, batch: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], BooleanExpression | None, int, int]:
+        key, version = self.table_def.key[0], self.table_def.version_column
+        assert version is not None
+        time_column = self.table_def.time_column
+        found = table.scan(
+            row_filter=In(key, {row[key] for row in batch}),
+            selected_fields=(key, version, time_column),
+        ).to_arrow()
+        existing = {
+            k: (v, t)
+            for k, v, t in zip(
+                found.column(key).to_pylist(),
+                found.column(version).to_pylist(),
+                found.column(time_column).to_pylist(),
+                strict=True,
+            )
+        }
+        new = [row for row in batch if row[version] > existing.get(row[key], (-1, None))[0]]
+        stale = len(batch) - len(new)
+        replaced = [row[key] for row in new if row[key] in existing]
+        if not replaced:
+            return new, None, stale, 0
+        # The replaced rows' times bound the delete, so only their partitions
+        # and files are read and rewritten (copy-on-write).
+        oldest = min(existing[k][1] for k in replaced)
+        replace: BooleanExpression = And(
+            In(key, set(replaced)), GreaterThanOrEqual(time_column, _at(oldest))
+        )
+        return new, replace, stale, 0

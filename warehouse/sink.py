@@ -1,0 +1,389 @@
+"""The sink's loop: consume, buffer, land a batch in the tables, then tell Kafka.
+
+Positions come from the tables, never from Kafka: when partitions are
+assigned the sink seeks each to the offset stored in its table's newest
+snapshot (``warehouse.tables``), and it commits offsets to its Kafka group
+only after the table commit that holds them (a copy for lag dashboards).
+A batch is committed when it holds ``batch_rows`` records or its oldest
+record waited ``commit_interval_s``; one table commit per table and batch.
+
+While the warehouse is unreachable nothing is committed anywhere: the batch
+waits in memory, consumption is paused (the sink stays in its group) and the
+commit is retried with a growing delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
+from aiokafka.errors import KafkaError
+from aiokafka.structs import TopicPartition
+from pyiceberg.catalog import Catalog
+
+from schemas import codec
+from schemas.codec import CodecError
+from warehouse import metrics, rows
+from warehouse.commit import CommitResult, PartitionBatch, TableWriter
+from warehouse.rows import MappingError
+from warehouse.tables import WarehouseError
+
+log = logging.getLogger("hookline.sink")
+
+DEFAULT_BATCH_ROWS = 50_000
+DEFAULT_COMMIT_INTERVAL_S = 60.0
+DEFAULT_GROUP = "hookline-sink"
+
+
+class SinkError(RuntimeError):
+    """A record the sink cannot land; it stops in front of it rather than skip it."""
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    bootstrap_servers: str
+    environments: tuple[str, ...]
+    batch_rows: int = DEFAULT_BATCH_ROWS
+    commit_interval_s: float = DEFAULT_COMMIT_INTERVAL_S
+    group_id: str = DEFAULT_GROUP
+    retry_max_s: float = 30.0
+    #: How long a killed sink holds its partitions (HOOKLINE_SESSION_TIMEOUT).
+    session_timeout_s: float = 30.0
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, sink: Sink) -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        self.sink.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        await self.sink.position(assigned)
+
+
+class Sink:
+    def __init__(self, config: SinkConfig, catalog: Catalog) -> None:
+        self.config = config
+        self.writers = {
+            table.topic(env): TableWriter(catalog, table, env)
+            for env in config.environments
+            for table in rows.TABLES
+        }
+        self.consumer: AIOKafkaConsumer | None = None
+        self._buffer: dict[TopicPartition, PartitionBatch] = {}
+        self._counts: dict[TopicPartition, int] = {}  # records (tombstones too) per part
+        self._buffered = 0
+        self._oldest: float | None = None  # monotonic time of the oldest buffered record
+        self._base: dict[TopicPartition, int | None] = {}  # the table's offset, as we know it
+        self._next: dict[TopicPartition, int] = {}  # the next offset we accept
+        self._epoch: dict[TopicPartition, int] = defaultdict(int)  # bumped on every seek
+        self._unpositioned: set[TopicPartition] = set()
+        self._position_at = 0.0  # when to try positioning them again
+        self._retry_at: float | None = None
+        self._backoff = 1.0
+        self._stop = asyncio.Event()
+        self._ready_logged = False
+        self._lag_at = 0.0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    async def stopped(self) -> None:
+        await self._stop.wait()
+
+    # -- positions -----------------------------------------------------------------
+
+    def forget(self, revoked: list[TopicPartition]) -> None:
+        """Drop what was read from partitions another sink now owns: it re-reads them."""
+        for tp in revoked:
+            self._drop_buffer(tp)
+            self._epoch[tp] += 1
+            self._base.pop(tp, None)
+            self._unpositioned.discard(tp)
+
+    async def position(self, assigned: list[TopicPartition]) -> None:
+        """Seek every assigned partition to the offset its table holds."""
+        assert self.consumer is not None
+        by_topic: dict[str, list[TopicPartition]] = defaultdict(list)
+        for tp in assigned:
+            by_topic[tp.topic].append(tp)
+        for topic, group in by_topic.items():
+            try:
+                stored = await asyncio.to_thread(self.writers[topic].offsets)
+            except WarehouseError as exc:
+                log.error("cannot read positions of %s from the warehouse: %s", topic, exc)
+                self._unpositioned.update(group)
+                self.consumer.pause(*group)
+                continue
+            for tp in group:
+                self._seek(tp, stored.get(tp.partition))
+        if not self._ready_logged and assigned:
+            self._ready_logged = True
+            log.info(
+                "sink ready: %d partition(s) assigned; landing %s",
+                len(self.consumer.assignment()),
+                ", ".join(sorted(w.identifier for w in self.writers.values())),
+            )
+
+    def _seek(self, tp: TopicPartition, offset: int | None) -> None:
+        assert self.consumer is not None
+        self._drop_buffer(tp)
+        self._epoch[tp] += 1
+        self._base[tp] = offset
+        self._next[tp] = offset or 0
+        # Offset 0 below the log start resets to the earliest (auto_offset_reset).
+        self.consumer.seek(tp, offset or 0)
+        if tp in self._unpositioned:
+            self._unpositioned.discard(tp)
+            if self._retry_at is None:
+                self.consumer.resume(tp)
+
+    def _drop_buffer(self, tp: TopicPartition) -> None:
+        if self._buffer.pop(tp, None) is not None:
+            self._counts.pop(tp, None)
+            self._recount()
+
+    def _recount(self) -> None:
+        self._buffered = sum(self._counts.get(tp, 0) for tp in self._buffer)
+        metrics.BUFFERED.set(self._buffered)
+        if not self._buffer:
+            self._oldest = None
+
+    # -- records -------------------------------------------------------------------
+
+    def take(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> None:
+        """Buffer a partition's records; raise :class:`SinkError` at one that cannot land."""
+        if tp in self._unpositioned or tp not in self._base:
+            return  # read before we positioned it: it will be read again
+        writer = self.writers[tp.topic]
+        expected = self._next.get(tp, 0)
+        for message in messages:
+            if message.offset < expected:
+                continue  # fetched before a seek
+            part = self._buffer.get(tp)
+            if part is None:
+                part = self._buffer[tp] = PartitionBatch(self._base[tp], message.offset)
+                self._counts[tp] = 0
+                if self._oldest is None:
+                    self._oldest = time.monotonic()
+            metrics.RECORDS_READ.labels(tp.topic).inc()
+            if message.value is None:
+                metrics.ROWS_SKIPPED.labels(writer.identifier, "tombstone").inc()
+            else:
+                part.rows.append(self._row(writer, tp, message))
+            part.next_offset = expected = message.offset + 1
+            self._counts[tp] += 1
+            self._buffered += 1
+        self._next[tp] = expected
+        metrics.BUFFERED.set(self._buffered)
+
+    def _row(
+        self, writer: TableWriter, tp: TopicPartition, message: ConsumerRecord
+    ) -> dict[str, object]:
+        where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
+        try:
+            name, value = codec.decode(message.value)
+            if name != writer.table_def.record:
+                raise SinkError(f"{where}: a {name}, expected a {writer.table_def.record}")
+            return rows.to_row(writer.table_def, value)
+        except (CodecError, MappingError) as exc:
+            raise SinkError(
+                f"{where} cannot be landed ({exc}). The sink stops in front of it and "
+                "committed everything before it; a hookline release whose schemas/ knows "
+                "this record resumes exactly there"
+            ) from exc
+
+    def due(self) -> bool:
+        if not self._buffer:
+            return False
+        if self._buffered >= self.config.batch_rows:
+            return True
+        return (
+            self._oldest is not None
+            and time.monotonic() - self._oldest >= self.config.commit_interval_s
+        )
+
+    # -- commits -------------------------------------------------------------------
+
+    async def flush(self) -> bool:
+        """Land the buffer; False (and the buffer kept) when the warehouse failed."""
+        if not self._buffer:
+            return True
+        assert self.consumer is not None
+        taken, counts = self._buffer, self._counts
+        epochs = {tp: self._epoch[tp] for tp in taken}
+        self._buffer, self._counts, self._buffered, self._oldest = {}, {}, 0, None
+        by_topic: dict[str, dict[int, PartitionBatch]] = defaultdict(dict)
+        for tp, part in taken.items():
+            by_topic[tp.topic][tp.partition] = part
+        landed: dict[TopicPartition, int] = {}
+        failed: list[TopicPartition] = []
+        for topic, parts in sorted(by_topic.items()):
+            writer = self.writers[topic]
+            try:
+                result = await asyncio.to_thread(writer.commit, parts)
+            except WarehouseError as exc:
+                metrics.COMMITS.labels(writer.identifier, "failed").inc()
+                log.error("%s", exc)
+                failed += [TopicPartition(topic, p) for p in parts]
+                continue
+            self._record(writer, result)
+            for partition, offset in result.committed.items():
+                tp = TopicPartition(topic, partition)
+                if self._epoch[tp] == epochs[tp]:
+                    self._base[tp] = offset
+                    landed[tp] = offset
+            for partition, offset in result.fenced.items():
+                tp = TopicPartition(topic, partition)
+                if self._epoch[tp] == epochs[tp] and tp in self.consumer.assignment():
+                    log.warning(
+                        "%s partition %d was moved on to %s by another writer; re-reading "
+                        "from there",
+                        topic,
+                        partition,
+                        offset,
+                    )
+                    self._seek(tp, offset)
+        for tp in failed:  # back in front of anything read since (nothing: we waited)
+            if self._epoch[tp] == epochs[tp]:
+                self._buffer[tp] = taken[tp]
+                self._counts[tp] = counts[tp]
+        if failed:
+            self._recount()
+            self._oldest = time.monotonic()
+        if landed:
+            try:  # only a copy, for lag dashboards: positions come from the tables
+                await self.consumer.commit(landed)
+            except KafkaError as exc:
+                log.debug("group offset commit skipped: %s", exc)
+        self.update_lag(force=True)
+        return not failed
+
+    def _record(self, writer: TableWriter, result: CommitResult) -> None:
+        name = writer.identifier
+        metrics.COMMIT_SECONDS.labels(name).observe(result.seconds)
+        if result.committed:
+            metrics.COMMITS.labels(name, "committed").inc()
+            metrics.LAST_COMMIT.labels(name).set(time.time())
+            metrics.ROWS_WRITTEN.labels(name).inc(result.rows_written)
+        if result.fenced:
+            metrics.COMMITS.labels(name, "fenced").inc()
+        if result.conflicts:
+            metrics.COMMITS.labels(name, "conflict").inc(result.conflicts)
+        if result.duplicates:
+            metrics.ROWS_SKIPPED.labels(name, "duplicate").inc(result.duplicates)
+        if result.stale:
+            metrics.ROWS_SKIPPED.labels(name, "stale").inc(result.stale)
+        if result.committed:
+            skipped = []
+            if result.duplicates:
+                skipped.append(f"{result.duplicates} duplicate")
+            if result.stale:
+                skipped.append(f"{result.stale} stale")
+            log.info(
+                "%s: +%d row(s)%s in %.2fs; offsets %s",
+                name,
+                result.rows_written,
+                f" ({', '.join(skipped)} skipped)" if skipped else "",
+                result.seconds,
+                ", ".join(f"p{p}={o}" for p, o in sorted(result.committed.items())),
+            )
+
+    def update_lag(self, force: bool = False) -> None:
+        """Records in the assigned partitions that no table holds yet, per topic."""
+        now = time.monotonic()
+        if self.consumer is None or (not force and now - self._lag_at < 5):
+            return
+        self._lag_at = now
+        lag: dict[str, int] = dict.fromkeys(self.writers, 0)
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                lag[tp.topic] += max(0, high - (self._base.get(tp) or 0))
+        for topic, value in lag.items():
+            metrics.LAG.labels(topic).set(value)
+
+    # -- the loop ------------------------------------------------------------------
+
+    async def _start_consumer(self) -> AIOKafkaConsumer | None:
+        attempt = 0
+        while not self._stop.is_set():
+            attempt += 1
+            consumer = AIOKafkaConsumer(
+                bootstrap_servers=self.config.bootstrap_servers,
+                group_id=self.config.group_id,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                client_id="hookline-sink",
+                session_timeout_ms=int(self.config.session_timeout_s * 1000),
+                heartbeat_interval_ms=max(100, int(self.config.session_timeout_s * 1000 / 3)),
+            )
+            try:
+                await consumer.start()
+                return consumer
+            except (KafkaError, OSError) as exc:
+                await consumer.stop()
+                if attempt == 1 or attempt % 10 == 0:
+                    log.warning("waiting for Kafka at %s (%s)", self.config.bootstrap_servers, exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), 1.0)
+        return None
+
+    async def run(self) -> None:
+        consumer = await self._start_consumer()
+        if consumer is None:
+            return
+        self.consumer = consumer
+        consumer.subscribe(topics=sorted(self.writers), listener=_Rebalance(self))
+        try:
+            while not self._stop.is_set():
+                await self._step()
+            waiting = self._buffered
+            if self._buffer and not await self.flush():
+                log.error("stopping with %d record(s) not landed; they are read again", waiting)
+        finally:
+            await consumer.stop()
+
+    async def _step(self) -> None:
+        assert self.consumer is not None
+        now = time.monotonic()
+        if self._unpositioned and self._retry_at is None and now >= self._position_at:
+            self._position_at = now + 5.0  # the warehouse was unreachable: not every loop
+            await self.position(sorted(self._unpositioned & self.consumer.assignment()))
+        if self._retry_at is not None:
+            self.consumer.pause(*self.consumer.assignment())
+            if now >= self._retry_at:
+                if await self.flush():
+                    log.info("warehouse reachable again; resuming")
+                    self._retry_at, self._backoff = None, 1.0
+                    self.consumer.resume(*(self.consumer.assignment() - self._unpositioned))
+                else:
+                    self._fail_later()
+        data = await self.consumer.getmany(timeout_ms=200, max_records=self.config.batch_rows)
+        try:
+            for tp, messages in data.items():
+                self.take(tp, messages)
+        except SinkError:
+            await self.flush()  # everything in front of the bad record
+            raise
+        if self._retry_at is None and self.due() and not await self.flush():
+            self._fail_later()
+        self.update_lag()
+
+    def _fail_later(self) -> None:
+        assert self.consumer is not None
+        self._retry_at = time.monotonic() + self._backoff
+        log.error(
+            "warehouse commit failed; %d record(s) wait in memory, nothing is committed to "
+            "Kafka; retrying in %.0fs",
+            self._buffered,
+            self._backoff,
+        )
+        self._backoff = min(self._backoff * 2, self.config.retry_max_s)
+        self.consumer.pause(*self.consumer.assignment())
