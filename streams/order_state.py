@@ -252,18 +252,22 @@ def apply_event(
             work[f"{prefix}_received_at"], work[f"{prefix}_event_id"] = stamp
 
     if event["type"] == "order.refunded":
-        if any(refund["event_id"] == event["event_id"] for refund in work["refunds"]):
-            pass  # the same fact again (reprocessing)
+        fact = {
+            "event_id": event["event_id"],
+            "amount": event["amount"],
+            "currency": event["currency"],
+        }
+        known = [
+            i for i, refund in enumerate(work["refunds"]) if refund["event_id"] == fact["event_id"]
+        ]
+        if known:
+            # The same fact again (reprocessing: no change), or replayed through
+            # fixed mapping code (hookline replay): the corrected amount counts.
+            work["refunds"][known[0]] = fact
         elif len(work["refunds"]) >= MAX_REFUNDS:
             result.rejected.append(("refunded_amount", None, "refund over limit"))
         else:
-            work["refunds"].append(
-                {
-                    "event_id": event["event_id"],
-                    "amount": event["amount"],
-                    "currency": event["currency"],
-                }
-            )
+            work["refunds"].append(fact)
     elif event["amount"] is not None and newer(stamp, stamp_of(work, "amount")):
         state["amount"], state["currency"] = event["amount"], event["currency"]
         work["amount_received_at"], work["amount_event_id"] = stamp

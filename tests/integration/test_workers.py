@@ -410,6 +410,8 @@ async def test_a_failed_send_is_never_committed(
         assert f"stage {stage}: a batch failed" in faulty.tail()
     finally:
         faulty.kill()
+    # As a supervisor restarting it would: the dead member leaves the group first.
+    await asyncio.sleep(float(env["HOOKLINE_SESSION_TIMEOUT"]) + 2)
     healthy = processes.worker(env, log_dir)
     await asyncio.to_thread(healthy.start, 120)
     try:

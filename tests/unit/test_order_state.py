@@ -414,3 +414,11 @@ def test_awaiting_activation_counts_paid_orders_not_yet_active() -> None:
     flow.run([refund("o2", None, T0 + 2)])
     assert not awaiting(flow.state("o2"))
     assert not awaiting(None)
+
+
+def test_a_replayed_refund_with_a_corrected_amount_replaces_the_old_one() -> None:
+    flow = Flow().run([PAID, refund("o1", "50.00", T0 + 1, delivery_id="rf")])
+    assert flow.state("o1")["order_status"] == "REFUNDED"  # the buggy amount over-refunded
+    flow.run([refund("o1", "5.00", T0 + 1, delivery_id="rf")])
+    assert flow.state("o1")["refunded_amount"] == money("5.00")
+    assert flow.state("o1")["order_status"] == "REFUNDED"  # forward-only: not taken back
