@@ -21,8 +21,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-
-from schemas import codec
+from hookline.schemas import codec
 
 
 class OrderView:

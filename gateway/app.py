@@ -25,9 +25,11 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-from gateway.body import (
+from hookline.core import topics
+from hookline.core.adapters import envelope_problem, ordering_key
+from hookline.core.settings import Settings
+from hookline.core.sources import Source, load_sources
+from hookline.gateway.body import (
     BadBody,
     BodyBudget,
     BodyTimeout,
@@ -39,11 +41,11 @@ from gateway.body import (
     parse_object,
     read_limited,
 )
-from gateway.envelope import new_delivery_id, raw_envelope
-from gateway.metrics import GatewayMetrics
-from gateway.publish import Publisher, Unavailable
-from gateway.throttled_log import ThrottledLog
-from gateway.verify import (
+from hookline.gateway.envelope import new_delivery_id, raw_envelope
+from hookline.gateway.metrics import GatewayMetrics
+from hookline.gateway.publish import Publisher, Unavailable
+from hookline.gateway.throttled_log import ThrottledLog
+from hookline.gateway.verify import (
     JWT_BODY_LIMIT,
     Incoming,
     VerificationFailed,
@@ -51,11 +53,8 @@ from gateway.verify import (
     repeated_input,
     verifier_for,
 )
-from hookline import topics
-from hookline.settings import Settings
-from hookline.sources import Source, load_sources
-from schemas import codec
-from streams.adapters import envelope_problem, ordering_key
+from hookline.schemas import codec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 log = logging.getLogger("hookline.gateway")
 
@@ -100,7 +99,7 @@ def create_app(
     metrics: GatewayMetrics | None = None,
 ) -> FastAPI:
     settings = settings or Settings.from_env()
-    sources = dict(sources if sources is not None else load_sources(settings.sources_path))
+    sources = dict(sources if sources is not None else load_sources(settings.require_sources()))
     verifiers: dict[str, Verifier] = {name: verifier_for(src) for name, src in sources.items()}
     limits = {name: body_limit(src, settings) for name, src in sources.items()}
     metrics = metrics or GatewayMetrics()

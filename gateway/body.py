@@ -5,7 +5,7 @@ internet: in size (refused as soon as the limit is crossed, or at once from
 Content-Length, so nothing over the limit is buffered), in time (a body that
 stops arriving is answered 408 instead of holding its connection and memory
 forever), and, for senders not yet verified, in total (a shared
-:class:`BodyBudget`; past it, 503). Parsing is hookline.json_object's strict,
+:class:`BodyBudget`; past it, 503). Parsing is hookline.core.json_object's strict,
 depth-bounded JSON.
 """
 
@@ -17,11 +17,10 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any
 
+from hookline.core.json_object import NotAJsonObject, loads_object
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 from starlette.types import Receive, Scope, Send
-
-from hookline.json_object import NotAJsonObject, loads_object
 
 
 class BodyTooLarge(Exception):

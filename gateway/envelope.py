@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from hookline.sources import Source
+from hookline.core.sources import Source
 
 KEPT_HEADERS = (
     "content-type",

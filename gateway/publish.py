@@ -18,8 +18,7 @@ from collections.abc import Iterable
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import DefaultPartitioner
-
-from hookline.topics import TopicSpec, ensure_topics
+from hookline.core.topics import TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
 

@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import jwt
+from hookline.core.sources import Source
 from jwt.warnings import InsecureKeyLengthWarning
 from standardwebhooks.webhooks import Webhook
-
-from hookline.sources import Source
 
 log = logging.getLogger(__name__)
 

@@ -15,8 +15,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from hookline.settings import Settings, SettingsError
-from hookline.sources import ENVIRONMENTS, SourcesError, load_sources
+from hookline.core.settings import Settings, SettingsError
+from hookline.core.sources import ENVIRONMENTS, SourcesError, load_sources
 
 log = logging.getLogger("hookline")
 
@@ -48,13 +48,13 @@ def _settings() -> Settings:
 
 def _check_sources(settings: Settings, with_secrets: bool) -> None:
     try:
-        load_sources(settings.sources_path, with_secrets=with_secrets)
-    except SourcesError as exc:
+        load_sources(settings.require_sources(), with_secrets=with_secrets)
+    except (SourcesError, SettingsError) as exc:
         raise SystemExit(f"hookline: {exc}") from None
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from infra.broker import EmbeddedBroker
+    from hookline.infra.broker import EmbeddedBroker
 
     broker = EmbeddedBroker(port=args.port, host=args.host, log_path=args.log_file)
     broker.start()
@@ -83,8 +83,8 @@ def cmd_broker(args: argparse.Namespace) -> int:
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from gateway.app import create_app
-    from gateway.server import serve
+    from hookline.gateway.app import create_app
+    from hookline.gateway.server import serve
 
     settings = _settings()
     if not settings.bootstrap_servers:
@@ -104,7 +104,7 @@ def _missing_bootstrap() -> None:
 async def _ensure_worker_topics(settings: Settings) -> None:
     from aiokafka.errors import KafkaError
 
-    from hookline import topics
+    from hookline.core import topics
 
     max_record = settings.max_record_bytes
     specs = [
@@ -149,7 +149,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import faust
 
     from hookline import logs
-    from streams.app import create_app
+    from hookline.streams.app import create_app
 
     settings = _settings()
     if not settings.bootstrap_servers:
@@ -267,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.set_defaults(func=cmd_broker)
 
     from hookline import redrive, replay, schema_commands, tail
-    from warehouse import command as sink_command
+    from hookline.warehouse import command as sink_command
 
     tail.add_parser(sub, ENV_HELP)
     redrive.add_parser(sub, ENV_HELP)

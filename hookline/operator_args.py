@@ -12,7 +12,7 @@ import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from hookline.sources import ENVIRONMENTS, Source
+from hookline.core.sources import ENVIRONMENTS, Source
 from hookline.tail import iso_ms, parse_since
 
 

@@ -6,7 +6,7 @@ re-emit with the same event ids. So a re-published envelope must land where
 the gateway put (or would have put) the original: key = delivery id,
 partition = Kafka's default (murmur2) partitioner over the adapter's ordering
 key. This module repeats the gateway's rule instead of importing it
-(gateway/ is not a library); ``streams.adapters.ordering_key`` is the one
+(gateway/ is not a library); ``hookline.core.adapters.ordering_key`` is the one
 definition both use.
 """
 
@@ -17,10 +17,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from hookline.json_object import NotAJsonObject, loads_object
+from hookline.core.adapters import ADAPTERS, Unmappable, ordering_key
+from hookline.core.json_object import NotAJsonObject, loads_object
 from hookline.progress import Progress
-from schemas import codec
-from streams.adapters import ADAPTERS, Unmappable, ordering_key
+from hookline.schemas import codec
 
 #: Sends in flight before waiting for their acknowledgements.
 BATCH = 500

@@ -34,8 +34,8 @@ from hookline.operator_args import (
     check_sources,
 )
 from hookline.progress import Progress
+from hookline.schemas import codec
 from hookline.tail import iso_ms
-from schemas import codec
 
 STAGES = ("decode", "normalize", "dedup")
 SHOWN_SKIPPED = 20
@@ -174,7 +174,7 @@ async def redrive(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    from hookline import topics
+    from hookline.core import topics
     from hookline.raw_publisher import NotRepublishable, plan, publish
     from hookline.topic_reader import TopicReader
     from hookline.worker_wait import report, verdict
@@ -257,16 +257,16 @@ async def redrive(
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
+    from hookline.core.settings import Settings, SettingsError
+    from hookline.core.sources import SourcesError, load_sources
     from hookline.raw_publisher import PublishError
-    from hookline.settings import Settings, SettingsError
-    from hookline.sources import SourcesError, load_sources
     from hookline.topic_reader import ReadError
     from hookline.worker_wait import WaitError
 
     try:
         settings = Settings.from_env()
         bootstrap = settings.require_bootstrap()
-        sources = load_sources(settings.sources_path, with_secrets=False)
+        sources = load_sources(settings.require_sources(), with_secrets=False)
         keep = LetterFilter(
             stages=frozenset(args.stage) if args.stage else None,
             reason=args.reason,

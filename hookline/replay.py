@@ -36,9 +36,9 @@ from hookline.operator_args import (
     check_sources,
 )
 from hookline.progress import Progress
+from hookline.schemas import codec
+from hookline.streams.dedup import REPLAY_HEADER
 from hookline.tail import iso_ms
-from schemas import codec
-from streams.dedup import REPLAY_HEADER
 
 
 def add_parser(sub: argparse._SubParsersAction, epilog: str) -> None:  # type: ignore[type-arg]
@@ -150,7 +150,7 @@ async def replay(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    from hookline import topics
+    from hookline.core import topics
     from hookline.raw_publisher import NotRepublishable, plan, publish
     from hookline.topic_reader import TopicReader
     from hookline.worker_wait import report, verdict
@@ -230,16 +230,16 @@ async def replay(
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    from hookline.core.settings import Settings, SettingsError
+    from hookline.core.sources import SourcesError, load_sources
     from hookline.raw_publisher import PublishError
-    from hookline.settings import Settings, SettingsError
-    from hookline.sources import SourcesError, load_sources
     from hookline.topic_reader import ReadError
     from hookline.worker_wait import WaitError
 
     try:
         settings = Settings.from_env()
         bootstrap = settings.require_bootstrap()
-        sources = load_sources(settings.sources_path, with_secrets=False)
+        sources = load_sources(settings.require_sources(), with_secrets=False)
         keep = RawFilter(
             environment=args.env,
             window=TimeRange(args.since, args.until),

@@ -14,8 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from schemas import codec
-from schemas.compatibility import full_problems
+from hookline.schemas import codec
+from hookline.schemas.compatibility import full_problems
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

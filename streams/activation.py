@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from faust.types import TableT
-
-from streams.expiry import active_partitions, local_items
+from hookline.streams.expiry import active_partitions, local_items
 
 DONE = frozenset({"ACTIVE", "REFUNDED"})
 

@@ -9,12 +9,11 @@ changelogs are compacted topics, ``acks=all``, offsets reset to *earliest*
 from __future__ import annotations
 
 import faust
+from hookline.core.settings import Settings
+from hookline.core.sources import ENVIRONMENTS, load_sources
+from hookline.streams.metrics import WorkerMetrics
+from hookline.streams.pipeline import DAY_MS, EnvironmentPipeline, PipelineConfig
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
-
-from hookline.settings import Settings
-from hookline.sources import ENVIRONMENTS, load_sources
-from streams.metrics import WorkerMetrics
-from streams.pipeline import DAY_MS, EnvironmentPipeline, PipelineConfig
 
 APP_ID = "hookline"
 DEAD_LETTER_OVERHEAD = 16 * 1024  # stage, reason (<= 1000 chars), timestamps
@@ -30,7 +29,7 @@ def create_app(
 ) -> faust.App:
     settings = settings or Settings.from_env()
     bootstrap = settings.require_bootstrap()
-    sources = load_sources(settings.sources_path, with_secrets=False)
+    sources = load_sources(settings.require_sources(), with_secrets=False)
     metrics = metrics or WorkerMetrics()
     servers = [server.strip() for server in bootstrap.split(",")]
     app = faust.App(

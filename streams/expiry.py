@@ -22,8 +22,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from faust.types import EventT, TableT
-
-from streams.batch import Batch
+from hookline.streams.batch import Batch
 
 #: Deletes per partition per batch: sweeping must not stall processing.
 SWEEP_LIMIT = 200

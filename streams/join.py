@@ -22,8 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.events import CanonicalEvent, cause_of
-from streams.state_rules import Verdict, payment_status_verdict
+from hookline.core.events import CanonicalEvent, cause_of
+from hookline.streams.state_rules import Verdict, payment_status_verdict
 
 #: Members one transaction keeps (a checkout lists at most 1000 orders).
 MAX_MEMBERS = 1000

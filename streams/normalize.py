@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hookline.json_object import DEFAULT_MAX_DEPTH, NotAJsonObject, loads_object
-from hookline.sources import DEFAULT_DEDUP_WINDOW_MS, Source
-from schemas import codec
-from streams.adapters import Unmappable, adapter_for
-from streams.events import CanonicalEvent, DeliveryContext
+from hookline.core.adapters import Unmappable, adapter_for
+from hookline.core.events import CanonicalEvent, DeliveryContext
+from hookline.core.json_object import DEFAULT_MAX_DEPTH, NotAJsonObject, loads_object
+from hookline.core.sources import DEFAULT_DEDUP_WINDOW_MS, Source
+from hookline.schemas import codec
 
 MAX_REASON = 1000
 

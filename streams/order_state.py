@@ -28,9 +28,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.events import CanonicalEvent, cause_of
-from streams.refunds import total
-from streams.state_rules import (
+from hookline.core.events import CanonicalEvent, cause_of
+from hookline.streams.refunds import total
+from hookline.streams.state_rules import (
     Verdict,
     newer,
     order_status_verdict,

@@ -1,7 +1,7 @@
 """The data flow of one environment, as Faust agents and tables.
 
     <env>.webhooks.raw            (key delivery id, partitioned by ordering key)
-      -> intake [table dedup]      streams/normalize.py, streams/adapters/, streams/dedup.py
+      -> intake [table dedup]      streams/normalize.py, core/adapters/, streams/dedup.py
     <env>.hookline.transaction-facts (key transaction id)
                                    + <env>.webhooks.events + <env>.webhooks.deadletter
       -> transactions [table transactions]   streams/join.py
@@ -25,19 +25,18 @@ from typing import Any
 
 import faust
 from faust.types import EventT, StreamT, TableT, TopicT
-
-from hookline import topics
-from hookline.sources import Source
-from schemas import codec
-from streams.activation import AwaitingActivation
-from streams.batch import Batch
-from streams.dedup import REPLAY_HEADER, Seen, classify, conflict_reason, new_entry
-from streams.expiry import Expiry, StreamTime
-from streams.join import apply_to_transaction
-from streams.metrics import WorkerMetrics
-from streams.normalize import DeadLetter, dead_letter, normalize
-from streams.order_state import apply_event, apply_update, retire
-from streams.routing import routes
+from hookline.core import topics
+from hookline.core.sources import Source
+from hookline.schemas import codec
+from hookline.streams.activation import AwaitingActivation
+from hookline.streams.batch import Batch
+from hookline.streams.dedup import REPLAY_HEADER, Seen, classify, conflict_reason, new_entry
+from hookline.streams.expiry import Expiry, StreamTime
+from hookline.streams.join import apply_to_transaction
+from hookline.streams.metrics import WorkerMetrics
+from hookline.streams.normalize import DeadLetter, dead_letter, normalize
+from hookline.streams.order_state import apply_event, apply_update, retire
+from hookline.streams.routing import routes
 
 log = logging.getLogger("hookline.worker")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Literal
 
-from streams.events import CanonicalEvent
+from hookline.core.events import CanonicalEvent
 
 Destination = Literal["events", "order_inputs", "transaction_facts"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from streams.events import ORDER_STATUSES
+from hookline.core.events import ORDER_STATUSES
 
 ORDER_RANK = {status: rank for rank, status in enumerate(ORDER_STATUSES)}
 FAILED_LIKE = frozenset({"FAILED", "CANCELED", "EXPIRED"})

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hookline.core.settings import DEV_SOURCES
 
 from hookline.supervisor import dev_secrets
 from tests.support.broker import TestBroker, test_broker
@@ -44,6 +45,7 @@ def hookline_env(bootstrap: str, data_dir: Path, **overrides: str) -> dict[str, 
     env.update(dev_secrets())
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=bootstrap,
+        HOOKLINE_SOURCES=str(DEV_SOURCES),
         HOOKLINE_PARTITIONS="4",
         HOOKLINE_STORE="memory",
         HOOKLINE_DATA_DIR=str(data_dir),

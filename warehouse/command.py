@@ -18,8 +18,8 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from hookline.settings import Settings, SettingsError, _float, _int
-from hookline.sources import ENVIRONMENTS
+from hookline.core.settings import Settings, SettingsError, _float, _int
+from hookline.core.sources import ENVIRONMENTS
 
 log = logging.getLogger("hookline.sink")
 
@@ -136,8 +136,8 @@ def _fail(message: str) -> SystemExit:
 def cmd_sink(args: argparse.Namespace) -> int:
     if not warehouse_available():
         raise _fail(EXTRA_MISSING)
-    from warehouse import maintenance, sink, tables
-    from warehouse.rows import TABLES
+    from hookline.warehouse import maintenance, sink, tables
+    from hookline.warehouse.rows import TABLES
 
     try:
         settings = Settings.from_env()

@@ -29,6 +29,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from hookline.warehouse import rows, tables
+from hookline.warehouse.rows import TableDef
+from hookline.warehouse.tables import WarehouseError
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import (
@@ -39,10 +42,6 @@ from pyiceberg.expressions import (
     LessThanOrEqual,
 )
 from pyiceberg.table import Table
-
-from warehouse import rows, tables
-from warehouse.rows import TableDef
-from warehouse.tables import WarehouseError
 
 log = logging.getLogger(__name__)
 

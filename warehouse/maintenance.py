@@ -21,13 +21,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
+from hookline.warehouse import tables
+from hookline.warehouse.rows import TABLES, TableDef
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import And, GreaterThanOrEqual, LessThan
 from pyiceberg.table import Table
-
-from warehouse import tables
-from warehouse.rows import TABLES, TableDef
 
 log = logging.getLogger("hookline.sink.maintenance")
 

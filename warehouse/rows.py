@@ -24,7 +24,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from schemas import codec
+from hookline.schemas import codec
 
 #: Column kinds; :mod:`warehouse.tables` maps each to an Iceberg type.
 STRING, LONG, INT, DOUBLE, BOOLEAN, TIMESTAMP, DECIMAL, STRINGS = (

@@ -24,14 +24,13 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
+from hookline.schemas import codec
+from hookline.schemas.codec import CodecError
+from hookline.warehouse import metrics, rows
+from hookline.warehouse.commit import CommitResult, PartitionBatch, TableWriter
+from hookline.warehouse.rows import MappingError
+from hookline.warehouse.tables import WarehouseError
 from pyiceberg.catalog import Catalog
-
-from schemas import codec
-from schemas.codec import CodecError
-from warehouse import metrics, rows
-from warehouse.commit import CommitResult, PartitionBatch, TableWriter
-from warehouse.rows import MappingError
-from warehouse.tables import WarehouseError
 
 log = logging.getLogger("hookline.sink")
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+from hookline.warehouse import rows
+from hookline.warehouse.rows import Column, TableDef
 from pyiceberg.catalog import Catalog, load_catalog
 from pyiceberg.catalog.sql import SqlCatalog
 from pyiceberg.exceptions import NoSuchTableError
@@ -36,9 +38,6 @@ from pyiceberg.types import (
     StringType,
     TimestamptzType,
 )
-
-from warehouse import rows
-from warehouse.rows import Column, TableDef
 
 log = logging.getLogger(__name__)
 

@@ -25,10 +25,10 @@ import httpx
 import jwt
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from hookline.schemas import codec
 from prometheus_client.parser import text_string_to_metric_families
 
 from hookline.supervisor import dev_secrets
-from schemas import codec
 from tests.conftest import STDHOOKS_SECRET, TEST_SOURCES, hookline_env
 from tests.support import processes
 from tests.support.broker import TestBroker

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from hookline.infra.broker import EmbeddedBroker
 
-from infra.broker import EmbeddedBroker
 from tests.conftest import TEST_SOURCES, hookline_env
 from tests.support import processes
 from tests.support.kafka import read_topics

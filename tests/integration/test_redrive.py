@@ -11,19 +11,19 @@ redrive changes nothing.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hookline.core.settings import DEV_SOURCES
+from hookline.infra.broker import EmbeddedBroker, free_port
 
-from hookline.settings import DEV_SOURCES
 from hookline.tail import iso_ms
-from infra.broker import free_port
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
-from tests.support.broker import TestBroker
 from tests.support.kafka import Record, read_topics
 from tests.support.operator import hookline, patched_worker, produce_raw
 from tests.support.patched_worker import APPROVED
@@ -33,9 +33,21 @@ DEADLETTER = "production.webhooks.deadletter"
 
 
 @pytest.fixture(scope="module")
-def env(broker: TestBroker, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+def own_broker(log_dir: Path) -> Iterator[str]:
+    """A broker of this module's own: its workers join group ``hookline``, which on the
+    session broker would re-process (and re-dead-letter) other modules' deliveries."""
+    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker(log_path=log_dir / "tansu-redrive.log") as broker:
+        yield broker.bootstrap_servers
+
+
+@pytest.fixture(scope="module")
+def env(own_broker: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     return hookline_env(
-        broker.bootstrap_servers,
+        own_broker,
         tmp_path_factory.mktemp("redrive-data"),
         HOOKLINE_SOURCES=str(DEV_SOURCES),
     )

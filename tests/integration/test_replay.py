@@ -16,10 +16,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from hookline.settings import DEV_SOURCES
+from hookline.core.settings import DEV_SOURCES
+from hookline.infra.broker import free_port
+from hookline.streams.dedup import REPLAY_HEADER
+
 from hookline.tail import iso_ms
-from infra.broker import free_port
-from streams.dedup import REPLAY_HEADER
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
 from tests.support.broker import TestBroker

@@ -23,11 +23,11 @@ from typing import Any
 import duckdb
 import pytest
 from aiokafka import AIOKafkaProducer
+from hookline.infra.broker import free_port
+from hookline.infra.processes import ServiceProcess
+from hookline.schemas import codec
 from pyiceberg.catalog.sql import SqlCatalog
 
-from infra.broker import free_port
-from infra.processes import ServiceProcess
-from schemas import codec
 from tests.conftest import hookline_env
 from tests.support.broker import TestBroker
 

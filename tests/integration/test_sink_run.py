@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
+from hookline.core.settings import DEV_SOURCES
+from hookline.infra.broker import free_port
+from hookline.infra.processes import ServiceProcess
 from pyiceberg.catalog.sql import SqlCatalog
 
-from hookline.settings import DEV_SOURCES
-from infra.broker import free_port
-from infra.processes import ServiceProcess
 from tests.conftest import hookline_env
 from tests.support import traffic
 from tests.support.broker import TestBroker

@@ -15,9 +15,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hookline.core.settings import DEV_SOURCES
+from hookline.streams.order_state import STATE_FIELDS
 
-from hookline.settings import DEV_SOURCES
-from streams.order_state import STATE_FIELDS
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
 from tests.support.broker import TestBroker

@@ -17,10 +17,10 @@ import fastavro
 import pytest
 from aiokafka import AIOKafkaProducer
 from fastavro.schema import load_schema, to_parsing_canonical_form
+from hookline.core import topics
+from hookline.infra.broker import free_port
+from hookline.schemas import codec
 
-from hookline import topics
-from infra.broker import free_port
-from schemas import codec
 from tests.conftest import hookline_env
 from tests.support.broker import TestBroker
 from tests.unit.helpers import SCHEMAS, T0

@@ -24,11 +24,11 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
+from hookline.core.adapters import ordering_key, partner
+from hookline.core.settings import DEV_SOURCES
+from hookline.core.sources import Source, load_sources
+from hookline.infra.broker import EmbeddedBroker
 
-from hookline.settings import DEV_SOURCES
-from hookline.sources import Source, load_sources
-from infra.broker import EmbeddedBroker
-from streams.adapters import ordering_key, partner
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
 from tests.support.kafka import Record, latest_by_key, read_topics

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.broker import EmbeddedBroker
+from hookline.infra.broker import EmbeddedBroker
 
 
 @dataclass

@@ -13,8 +13,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from infra.broker import free_port
-from infra.processes import stop_process
+from hookline.infra.broker import free_port
+from hookline.infra.processes import stop_process
+
 from tests.support.signing import payload
 
 

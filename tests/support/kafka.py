@@ -9,8 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-
-from schemas import codec
+from hookline.schemas import codec
 
 TOMBSTONE = "tombstone"
 

@@ -1,7 +1,7 @@
 """For the redrive and replay tests: raw records as the gateway writes them, commands as processes.
 
 Raw records are partitioned here with aiokafka's partitioner over
-``streams.adapters.ordering_key``, independently of hookline/raw_publisher.py,
+``hookline.core.adapters.ordering_key``, independently of hookline/raw_publisher.py,
 so a test can check that a re-published copy lands where the original is.
 """
 
@@ -15,12 +15,12 @@ from pathlib import Path
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
+from hookline.core.adapters import ordering_key
+from hookline.core.settings import DEV_SOURCES
+from hookline.core.sources import Source, load_sources
+from hookline.infra.broker import free_port
+from hookline.infra.processes import ServiceProcess
 
-from hookline.settings import DEV_SOURCES
-from hookline.sources import Source, load_sources
-from infra.broker import free_port
-from infra.processes import ServiceProcess
-from streams.adapters import ordering_key
 from tests.support import traffic
 from tests.support.signing import DEV
 

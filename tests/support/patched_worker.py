@@ -9,8 +9,8 @@ MODE:
 - ``wrong-pdf``: a buggy adapter. ``ORDER_CONFIRMATION_RECEIVED`` maps to a
   wrong ``confirmation_pdf_url`` (``WRONG_PDF_PREFIX`` + the order id).
 
-The patch wraps ``streams.adapters.partner.to_events``; the worker finds the
-adapter module through ``streams.adapters.ADAPTERS`` and calls the attribute
+The patch wraps ``hookline.core.adapters.partner.to_events``; the worker finds the
+adapter module through ``hookline.core.adapters.ADAPTERS`` and calls the attribute
 at each delivery, so the rest of the pipeline runs unchanged.
 """
 
@@ -20,9 +20,9 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from streams.adapters import partner
-from streams.adapters.fields import required_text
-from streams.events import ORDER_STATUS_CHANGED, CanonicalEvent, DeliveryContext, new_event
+from hookline.core.adapters import partner
+from hookline.core.adapters.fields import required_text
+from hookline.core.events import ORDER_STATUS_CHANGED, CanonicalEvent, DeliveryContext, new_event
 
 APPROVED = "ORDER_APPROVED"
 WRONG_PDF_PREFIX = "https://wrong.example.com/"

@@ -5,8 +5,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from infra.broker import free_port
-from infra.processes import ServiceProcess
+from hookline.infra.broker import free_port
+from hookline.infra.processes import ServiceProcess
 
 
 def _hookline(

@@ -10,9 +10,10 @@ import time
 import uuid
 from typing import Any
 
-from gateway.envelope import new_delivery_id, raw_envelope
-from hookline.sources import Source
-from schemas import codec
+from hookline.core.sources import Source
+from hookline.gateway.envelope import new_delivery_id, raw_envelope
+from hookline.schemas import codec
+
 from tests.support.signing import payload
 
 

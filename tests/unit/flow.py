@@ -12,8 +12,7 @@ from collections import defaultdict
 from decimal import Decimal
 from typing import Any
 
-from schemas import codec
-from streams.events import (
+from hookline.core.events import (
     ORDER_PRICED,
     ORDER_REFUNDED,
     ORDER_STATUS_CHANGED,
@@ -21,9 +20,11 @@ from streams.events import (
     CanonicalEvent,
     new_event,
 )
-from streams.join import apply_to_transaction
-from streams.order_state import apply_event, apply_update
-from streams.routing import routes
+from hookline.schemas import codec
+from hookline.streams.join import apply_to_transaction
+from hookline.streams.order_state import apply_event, apply_update
+from hookline.streams.routing import routes
+
 from tests.unit.helpers import ctx
 
 ENV = "production"

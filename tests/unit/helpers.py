@@ -7,14 +7,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from hookline.sources import Source
-from streams.events import (
+from hookline.core.events import (
     ORDER_STATUS_CHANGED,
     TRANSACTION_STATUS_CHANGED,
     CanonicalEvent,
     DeliveryContext,
     new_event,
 )
+from hookline.core.sources import Source
 
 MAIN = Path(__file__).resolve().parents[2]
 PAYLOADS = MAIN / "tests" / "fixtures" / "payloads"

@@ -1,4 +1,4 @@
-"""streams/adapters: provider JSON to canonical events (PRODUCT.md section 4, mapping)."""
+"""core/adapters: provider JSON to canonical events (PRODUCT.md section 4, mapping)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,7 @@ from typing import Any
 
 import jwt
 import pytest
-
-from hookline.sources import KINDS
-from schemas import codec
-from streams.adapters import (
+from hookline.core.adapters import (
     ADAPTERS,
     Unmappable,
     adapter_for,
@@ -23,7 +20,10 @@ from streams.adapters import (
     payments,
     vignette_sales,
 )
-from streams.events import CanonicalEvent, DeliveryContext
+from hookline.core.events import CanonicalEvent, DeliveryContext
+from hookline.core.sources import KINDS
+from hookline.schemas import codec
+
 from tests.unit.helpers import T0, ctx, iso_ms, payload, payload_bytes
 
 KEY = "payments-jwt-key-0123456789abcdef-0123"

@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hookline.gateway.body import BadBody, BodyTooLarge, parse_object, read_limited
 
-from gateway.body import BadBody, BodyTooLarge, parse_object, read_limited
 from tests.unit.helpers import PAYLOADS
 
 

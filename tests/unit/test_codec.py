@@ -10,8 +10,8 @@ from typing import Any
 import fastavro
 import pytest
 from fastavro.schema import load_schema, to_parsing_canonical_form
+from hookline.schemas import codec
 
-from schemas import codec
 from tests.unit.helpers import SCHEMAS, T0
 
 # -- CRC-64-AVRO, written from the Avro specification ("Schema Fingerprints") --

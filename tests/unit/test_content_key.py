@@ -1,4 +1,4 @@
-"""streams/content_key.py: "the same JSON content" as one digest (PRODUCT.md section 4)."""
+"""core/content_key.py: "the same JSON content" as one digest (PRODUCT.md section 4)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ import hashlib
 from typing import Any
 
 import pytest
-
-from hookline.json_object import loads_object
-from streams.content_key import digest, without
+from hookline.core.content_key import digest, without
+from hookline.core.json_object import loads_object
 
 
 def sha(text: str) -> str:

@@ -6,9 +6,9 @@ import io
 from typing import Any, NamedTuple
 
 import fastavro
+from hookline.schemas import codec
+from hookline.streams.dedup import Seen, classify, conflict_reason, new_entry
 
-from schemas import codec
-from streams.dedup import Seen, classify, conflict_reason, new_entry
 from tests.unit.helpers import T0
 
 HOUR = 3_600_000

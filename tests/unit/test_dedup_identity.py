@@ -35,10 +35,10 @@ from typing import Any
 
 import jwt.api_jws
 import pytest
+from hookline.core.adapters import adapter_for, ordering_key, payments
+from hookline.core.json_object import loads_object
+from hookline.streams.dedup import Seen, classify, new_entry
 
-from hookline.json_object import loads_object
-from streams.adapters import adapter_for, ordering_key, payments
-from streams.dedup import Seen, classify, new_entry
 from tests.unit.helpers import T0, payload_bytes
 
 KEY = "payments-jwt-key-0123456789abcdef-0123"

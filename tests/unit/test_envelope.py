@@ -7,10 +7,10 @@ import time
 import uuid
 
 import pytest
+from hookline.gateway.envelope import KEPT_HEADERS, new_delivery_id, raw_envelope
+from hookline.schemas import codec
 from starlette.datastructures import Headers
 
-from gateway.envelope import KEPT_HEADERS, new_delivery_id, raw_envelope
-from schemas import codec
 from tests.unit.helpers import T0, payload_bytes, source
 
 SECRET_HEADERS = {

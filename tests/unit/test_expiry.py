@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from streams.expiry import Expiry, ExpiryIndex, StreamTime
+from hookline.streams.expiry import Expiry, ExpiryIndex, StreamTime
 
 
 @dataclass

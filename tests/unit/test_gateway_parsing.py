@@ -1,4 +1,4 @@
-"""What an unauthenticated client can send, parsed: hookline/json_object.py and gateway/body.py.
+"""What an unauthenticated client can send, parsed: core/json_object.py and gateway/body.py.
 
 The gateway-hardening cases that are about parsing (lone surrogates, duplicate
 keys, numbers out of range) plus the bounds on reading a body (timeout,
@@ -16,10 +16,11 @@ from typing import Any
 import httpx
 import jwt as pyjwt
 import pytest
-from starlette.requests import ClientDisconnect
-
-from gateway.app import body_limit, create_app
-from gateway.body import (
+from hookline.core.adapters import payments
+from hookline.core.json_object import NotAJsonObject, loads_object
+from hookline.core.settings import Settings
+from hookline.gateway.app import body_limit, create_app
+from hookline.gateway.body import (
     BadBody,
     BodyBudget,
     BodyTimeout,
@@ -28,11 +29,10 @@ from gateway.body import (
     parse_object,
     read_limited,
 )
-from gateway.throttled_log import ThrottledLog
-from gateway.verify import JWT_BODY_LIMIT
-from hookline.json_object import NotAJsonObject, loads_object
-from hookline.settings import Settings
-from streams.adapters import payments
+from hookline.gateway.throttled_log import ThrottledLog
+from hookline.gateway.verify import JWT_BODY_LIMIT
+from starlette.requests import ClientDisconnect
+
 from tests.unit.helpers import PAYLOADS, ctx, payload, source
 
 # -- lone surrogates (a 500 before) --------------------------------------------------

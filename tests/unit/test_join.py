@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from schemas import codec
-from streams.events import CanonicalEvent
-from streams.join import MAX_MEMBERS, TransactionResult, apply_to_transaction
+from hookline.core.events import CanonicalEvent
+from hookline.schemas import codec
+from hookline.streams.join import MAX_MEMBERS, TransactionResult, apply_to_transaction
+
 from tests.unit.flow import DAY, YEAR_ISH, checkout, order_status, payment
 from tests.unit.helpers import T0
 

@@ -1,4 +1,4 @@
-"""streams/adapters/money.py: provider amounts as exact Decimals, refused rather than rounded."""
+"""core/adapters/money.py: provider amounts as exact Decimals, refused rather than rounded."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hookline.core.adapters import money
+from hookline.core.adapters.fields import Unmappable
+from hookline.core.events import ORDER_PRICED, new_event
+from hookline.core.json_object import loads_object
+from hookline.schemas import codec
 
-from hookline.json_object import loads_object
-from schemas import codec
-from streams.adapters import money
-from streams.adapters.fields import Unmappable
-from streams.events import ORDER_PRICED, new_event
 from tests.unit.helpers import ctx
 
 

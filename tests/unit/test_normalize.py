@@ -9,13 +9,13 @@ from typing import Any
 
 import jwt
 import pytest
+from hookline.core.adapters import adapter_for
+from hookline.core.events import DeliveryContext
+from hookline.core.sources import DEFAULT_DEDUP_WINDOW_MS, Source
+from hookline.gateway.envelope import new_delivery_id, raw_envelope
+from hookline.schemas import codec
+from hookline.streams.normalize import DeadLetter, Delivery, dead_letter, normalize
 
-from gateway.envelope import new_delivery_id, raw_envelope
-from hookline.sources import DEFAULT_DEDUP_WINDOW_MS, Source
-from schemas import codec
-from streams.adapters import adapter_for
-from streams.events import DeliveryContext
-from streams.normalize import DeadLetter, Delivery, dead_letter, normalize
 from tests.unit.helpers import T0, payload, payload_bytes, source
 
 HOUR = 3_600_000

@@ -6,8 +6,8 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from hookline.streams.order_state import STATE_FIELDS, apply_event, retire
 
-from streams.order_state import STATE_FIELDS, apply_event, retire
 from tests.unit.flow import (
     DAY,
     ENV,
@@ -404,7 +404,7 @@ def test_a_replayed_fact_mapped_by_fixed_code_corrects_a_plain_field() -> None:
 
 
 def test_awaiting_activation_counts_paid_orders_not_yet_active() -> None:
-    from streams.activation import awaiting
+    from hookline.streams.activation import awaiting
 
     flow = Flow().run([checkout("tr_1", "SUCCEEDED", T0, {"o1": "1.00", "o2": "1.00"})])
     assert awaiting(flow.state("o1"))

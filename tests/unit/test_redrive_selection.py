@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
+from hookline.core.adapters import ordering_key
+from hookline.core.settings import DEV_SOURCES
+from hookline.core.sources import load_sources
+from hookline.gateway.envelope import raw_envelope
+from hookline.schemas import codec
+from hookline.streams.dedup import REPLAY_HEADER
 
-from gateway.envelope import raw_envelope
 from hookline import redrive, replay
 from hookline.operator_args import SelectionError, TimeRange, check_sources
 from hookline.raw_publisher import NotRepublishable, plan
-from hookline.settings import DEV_SOURCES
-from hookline.sources import load_sources
 from hookline.worker_wait import WORKER_GROUP, dead_lettered_again, pending, reason_summary
-from schemas import codec
-from streams.adapters import ordering_key
-from streams.dedup import REPLAY_HEADER
 from tests.support import traffic
 from tests.support.signing import DEV
 
@@ -206,6 +206,6 @@ def test_dead_lettered_again_counts_only_newer_letters_of_sent_deliveries() -> N
 
 
 def test_the_worker_group_is_the_worker_app_id() -> None:
-    from streams.app import APP_ID
+    from hookline.streams.app import APP_ID
 
     assert WORKER_GROUP == APP_ID

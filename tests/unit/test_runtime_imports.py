@@ -8,10 +8,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 TEST_ONLY = ("pytest", "pytest_asyncio", "httpx", "testcontainers", "ruff")
+#: Repository folder -> installed package (pyproject's package-dir).
+PACKAGES = {
+    "hookline": "hookline",
+    "core": "hookline.core",
+    "gateway": "hookline.gateway",
+    "streams": "hookline.streams",
+    "schemas": "hookline.schemas",
+    "infra": "hookline.infra",
+    "warehouse": "hookline.warehouse",
+}
 RUNTIME_MODULES = [
-    ".".join(path.relative_to(REPO).with_suffix("").parts)
-    for package in ("hookline", "gateway", "streams", "schemas", "infra")
-    for path in sorted((REPO / package).rglob("*.py"))
+    ".".join((package, *path.relative_to(REPO / folder).with_suffix("").parts))
+    for folder, package in PACKAGES.items()
+    for path in sorted((REPO / folder).rglob("*.py"))
     if path.name != "__main__.py"
 ]
 
@@ -32,7 +42,7 @@ for module in {RUNTIME_MODULES!r}:
 
 def test_runtime_modules_import_without_test_packages() -> None:
     assert "hookline.cli" in RUNTIME_MODULES
-    assert "streams.pipeline" in RUNTIME_MODULES
+    assert "hookline.streams.pipeline" in RUNTIME_MODULES
     result = subprocess.run(
         [sys.executable, "-c", PROBE], cwd=REPO, capture_output=True, text=True, timeout=60
     )

@@ -19,9 +19,9 @@ import fastavro
 import pytest
 from fastavro.schema import load_schema, to_parsing_canonical_form
 from fastavro.utils import generate_many
+from hookline.schemas import codec
+from hookline.schemas.compatibility import full_problems, read_problems
 
-from schemas import codec
-from schemas.compatibility import full_problems, read_problems
 from tests.unit.helpers import SCHEMAS, T0
 from tests.unit.test_codec import header_for
 

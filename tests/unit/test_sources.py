@@ -1,4 +1,4 @@
-"""hookline/sources.py: the sources file, validated completely at start."""
+"""core/sources.py: the sources file, validated completely at start."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
-from hookline.sources import (
+from hookline.core.sources import (
     DEFAULT_DEDUP_WINDOW_MS,
     Source,
     SourcesError,
     load_sources,
     parse_duration_ms,
 )
+
 from hookline.supervisor import dev_secrets
 from tests.unit.helpers import INFRA
 

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import pytest
-
-from streams.state_rules import Verdict, newer, order_status_verdict, payment_status_verdict
+from hookline.streams.state_rules import (
+    Verdict,
+    newer,
+    order_status_verdict,
+    payment_status_verdict,
+)
 
 A, S, R = Verdict.APPLY, Verdict.SAME, Verdict.REJECT
 

@@ -12,9 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
-from starlette.datastructures import Headers, QueryParams
-
-from gateway.verify import (
+from hookline.gateway.verify import (
     CHALLENGES,
     Incoming,
     VerificationFailed,
@@ -22,6 +20,8 @@ from gateway.verify import (
     repeated_input,
     verifier_for,
 )
+from starlette.datastructures import Headers, QueryParams
+
 from tests.support.signing import standard_webhooks_headers
 from tests.unit.helpers import payload, payload_bytes, source
 

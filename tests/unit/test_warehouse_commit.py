@@ -9,11 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hookline.warehouse import maintenance, rows, tables
+from hookline.warehouse.commit import PartitionBatch, TableWriter
+from hookline.warehouse.rows import ORDER_CHANGES, ORDERS_STATE, WEBHOOK_EVENTS
 from pyiceberg.catalog import Catalog
-
-from warehouse import maintenance, rows, tables
-from warehouse.commit import PartitionBatch, TableWriter
-from warehouse.rows import ORDER_CHANGES, ORDERS_STATE, WEBHOOK_EVENTS
 
 DAY = 86_400_000
 T0 = 1_772_406_000_000  # 2026-03-01T23:00:00Z

@@ -7,10 +7,15 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
-
-from schemas import codec
-from warehouse import rows
-from warehouse.rows import ORDER_CHANGES, ORDERS_STATE, WEBHOOK_EVENTS, MappingError, TableDef
+from hookline.schemas import codec
+from hookline.warehouse import rows
+from hookline.warehouse.rows import (
+    ORDER_CHANGES,
+    ORDERS_STATE,
+    WEBHOOK_EVENTS,
+    MappingError,
+    TableDef,
+)
 
 MS = 1_772_406_000_123  # 2026-03-01T23:00:00.123Z
 

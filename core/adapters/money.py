@@ -15,7 +15,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from streams.adapters.fields import Unmappable
+from hookline.core.adapters.fields import Unmappable
 
 #: The Avro ``decimal`` of OrderState.amount: precision 18, scale 4.
 SCALE = 4

@@ -13,10 +13,14 @@ from collections.abc import Sequence
 from typing import Any
 
 import jwt
-
-from streams import content_key
-from streams.adapters.fields import Unmappable, choice, required_text
-from streams.events import TRANSACTION_STATUS_CHANGED, CanonicalEvent, DeliveryContext, new_event
+from hookline.core import content_key
+from hookline.core.adapters.fields import Unmappable, choice, required_text
+from hookline.core.events import (
+    TRANSACTION_STATUS_CHANGED,
+    CanonicalEvent,
+    DeliveryContext,
+    new_event,
+)
 
 KIND = "payments"
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from streams import content_key
-from streams.adapters import money
-from streams.adapters.fields import (
+from hookline.core import content_key
+from hookline.core.adapters import money
+from hookline.core.adapters.fields import (
     MAX_URL,
     Unmappable,
     choice,
@@ -21,7 +21,7 @@ from streams.adapters.fields import (
     text,
     timestamp_ms,
 )
-from streams.events import (
+from hookline.core.events import (
     ORDER_CONFIRMATION_RECEIVED,
     ORDER_PRICED,
     ORDER_STATUS_CHANGED,
@@ -49,7 +49,7 @@ def dedup_identity(document: dict[str, Any], ignore: Sequence[str]) -> tuple[str
     """(dedup key, content digest): the partner retries the same webhook (1, 5, 15 min).
 
     The seed promises the same event, not the same bytes, so the key is the
-    JSON content (streams/content_key.py), minus the source's ``dedup_ignore``.
+    JSON content (core/content_key.py), minus the source's ``dedup_ignore``.
     """
     content = content_key.digest(document, ignore)
     return "json:" + content, content

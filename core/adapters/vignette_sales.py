@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from streams import content_key
-from streams.adapters import money
-from streams.adapters.fields import (
+from hookline.core import content_key
+from hookline.core.adapters import money
+from hookline.core.adapters.fields import (
     MAX_TEXT,
     Unmappable,
     items,
@@ -21,7 +21,7 @@ from streams.adapters.fields import (
     text,
     timestamp_ms,
 )
-from streams.events import (
+from hookline.core.events import (
     ORDER_STATUS_CHANGED,
     TRANSACTION_STATUS_CHANGED,
     CanonicalEvent,

@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from streams import content_key
-from streams.adapters import money
-from streams.adapters.fields import Unmappable, required_text, text, timestamp_ms
-from streams.events import ORDER_REFUNDED, CanonicalEvent, DeliveryContext, new_event
+from hookline.core import content_key
+from hookline.core.adapters import money
+from hookline.core.adapters.fields import Unmappable, required_text, text, timestamp_ms
+from hookline.core.events import ORDER_REFUNDED, CanonicalEvent, DeliveryContext, new_event
 
 KIND = "envelope"
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Any
 
-from streams.adapters import envelope, partner, payments, vignette_sales
-from streams.adapters.fields import Unmappable
+from hookline.core.adapters import envelope, partner, payments, vignette_sales
+from hookline.core.adapters.fields import Unmappable
 
 ADAPTERS: dict[str, ModuleType] = {
     module.KIND: module for module in (partner, vignette_sales, payments, envelope)

@@ -71,7 +71,9 @@ class Settings:
     """Everything configurable through environment variables (see README)."""
 
     bootstrap_servers: str | None = None
-    sources_path: Path = DEV_SOURCES
+    #: None outside ``hookline run``: the gateway and the worker refuse to start
+    #: rather than silently use the development sources.
+    sources_path: Path | None = None
     partitions: int = 8
     replication_factor: int = 1
     publish_timeout_s: float = 5.0
@@ -111,7 +113,7 @@ class Settings:
             raise SettingsError(f"HOOKLINE_STORE must be 'rocksdb' or 'memory', got {store!r}")
         return cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
-            sources_path=Path(env.get("HOOKLINE_SOURCES") or DEV_SOURCES),
+            sources_path=Path(env["HOOKLINE_SOURCES"]) if env.get("HOOKLINE_SOURCES") else None,
             partitions=_int(env, "HOOKLINE_PARTITIONS", 8),
             replication_factor=_int(env, "HOOKLINE_REPLICATION_FACTOR", 1),
             publish_timeout_s=_float(env, "HOOKLINE_PUBLISH_TIMEOUT", 5.0),
@@ -148,6 +150,14 @@ class Settings:
     def max_record_bytes(self) -> int:
         """A raw record: the body at its limit plus the envelope's other fields."""
         return self.max_body_bytes + 64 * 1024
+
+    def require_sources(self) -> Path:
+        if self.sources_path is None:
+            raise SettingsError(
+                "HOOKLINE_SOURCES is not set: point it at your sources file (see README, "
+                f"Sources); `hookline run` uses the development file {DEV_SOURCES} by itself"
+            )
+        return self.sources_path
 
     def require_bootstrap(self) -> str:
         if not self.bootstrap_servers:
