@@ -37,9 +37,9 @@ import tempfile
 import time
 
 from _common import REPO, hookline_command, hookline_env, percentile, say, table
+from hookline.infra.broker import EmbeddedBroker, free_port
+from hookline.infra.processes import ServiceProcess
 
-from infra.broker import EmbeddedBroker, free_port
-from infra.processes import ServiceProcess
 from tests.support.attackers import SHAPES, Answer, attack, authentic
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -103,7 +103,7 @@ def main() -> int:
                 "hookline gateway",
                 hookline_command("gateway", "--port", str(port)),
                 hookline_env(broker.bootstrap_servers),
-                logs / "gateway.log",
+                logs / "hookline.gateway.log",
                 cwd=REPO,
             )
             with gateway:

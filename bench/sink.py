@@ -37,11 +37,10 @@ from decimal import Decimal
 
 from _common import hookline_command, hookline_env, say, table
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-
-from hookline import topics
-from infra.broker import EmbeddedBroker, free_port
-from infra.processes import ServiceProcess
-from schemas import codec
+from hookline.core import topics
+from hookline.infra.broker import EmbeddedBroker, free_port
+from hookline.infra.processes import ServiceProcess
+from hookline.schemas import codec
 
 ENVIRONMENT = "production"
 PARTITIONS = 4
@@ -137,7 +136,7 @@ async def bare_read(bootstrap: str, expected: int) -> float:
 
 def landed(warehouse: Path) -> int:
     """Records the three tables' snapshots say they hold (their committed offsets)."""
-    from warehouse import tables
+    from hookline.warehouse import tables
 
     catalog = tables.open_catalog(tables.WarehouseConfig(directory=warehouse))
     total = 0
