@@ -7,10 +7,13 @@ what a deployment runs, not an in-process shortcut.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from hookline.supervisor import dev_secrets
 
@@ -65,3 +68,55 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     return "\n".join(lines)
+
+
+def load_average() -> float:
+    """The 1-minute load average (NaN where the OS has none): how shared the cores were."""
+    try:
+        return os.getloadavg()[0]
+    except OSError:
+        return float("nan")
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf become null (JSON has no NaN); containers are walked."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def print_json(document: dict[str, Any]) -> None:
+    """The ``--json`` output: exactly one JSON document on stdout (strict: no NaN)."""
+    print(json.dumps(_finite(document), indent=2, allow_nan=False), flush=True)
+
+
+def rss_bytes(pid: int | None) -> int | None:
+    """Resident set size of a process (``VmRSS`` in /proc/<pid>/status), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024  # kB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User+system CPU time of a process so far (Linux /proc; NaN elsewhere).
+
+    Tells whether a process was CPU-bound (CPU seconds close to wall seconds:
+    one Python process uses one core) or waiting on the broker.
+    """
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -14,7 +14,7 @@ The records are real ones: a partner ORDER_STATUS_CHANGED body mapped by the
 partner adapter (CanonicalEvent) and the second change of that order after a
 confirmation (OrderChange, with ``before`` and ``after`` states).
 
-    .venv/bin/python bench/codec.py [--records 20000] [--repeat 5]
+    .venv/bin/python bench/codec.py [--records 20000] [--repeat 5] [--json]
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import fastavro
-from _common import PAYLOADS, say, table
-
-from gateway.envelope import new_delivery_id
-from schemas import codec
-from streams.adapters import partner
-from streams.events import DeliveryContext
-from streams.order_state import apply_event
+from _common import PAYLOADS, load_average, print_json, say, table
+from hookline.core.adapters import partner
+from hookline.core.events import DeliveryContext
+from hookline.gateway.envelope import new_delivery_id
+from hookline.schemas import codec
+from hookline.streams.order_state import apply_event
 
 DAY_MS = 86_400_000
 
@@ -54,6 +53,8 @@ class Measured:
     records: int
     seconds: float
     size: int
+    #: This process's CPU time (time.process_time) during the fastest run.
+    cpu_seconds: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -102,13 +103,14 @@ def order_changes(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return changes
 
 
-def best_of(repeat: int, run: Callable[[], None]) -> float:
-    """The fastest of ``repeat`` runs: the one least disturbed by the rest of the machine."""
+def best_of(repeat: int, run: Callable[[], None]) -> tuple[float, float]:
+    """The fastest of ``repeat`` runs (the one least disturbed by the rest of the
+    machine): its wall seconds and this process's CPU seconds."""
     timings = []
     for _ in range(repeat):
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.process_time()
         run()
-        timings.append(time.perf_counter() - started)
+        timings.append((time.perf_counter() - started, time.process_time() - cpu))
     return min(timings)
 
 
@@ -160,8 +162,8 @@ def measure(name: str, records: list[dict[str, Any]], repeat: int) -> list[Measu
             ("encode", encode_all),
             ("decode", decode_all),
         ):
-            seconds = best_of(repeat, run)
-            results.append(Measured(name, method, operation, len(records), seconds, size))
+            seconds, cpu = best_of(repeat, run)
+            results.append(Measured(name, method, operation, len(records), seconds, size, cpu))
         say(
             f"  {name.removeprefix('hookline.'):<14} {method:<16} "
             f"{results[-3].rate:>9.0f} round trips/s, {size} bytes/record"
@@ -175,7 +177,11 @@ def main() -> int:
     )
     parser.add_argument("--records", type=int, default=20000, help="records per run")
     parser.add_argument("--repeat", type=int, default=5, help="runs per measurement (best)")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the table"
+    )
     args = parser.parse_args()
+    load_before = load_average()
 
     say(f"building {args.records} CanonicalEvent and OrderChange records...")
     events = canonical_events(args.records)
@@ -185,11 +191,26 @@ def main() -> int:
         results += measure(name, records, args.repeat)
 
     rows = []
+    documents = []
     for r in results:
         base = next(
             b
             for b in results
             if b.schema == r.schema and b.operation == r.operation and b.method.startswith("json")
+        )
+        documents.append(
+            {
+                "record": r.schema.removeprefix("hookline."),
+                "operation": r.operation,
+                "method": r.method,
+                "records": r.records,
+                "records_per_s": round(r.rate, 1),
+                "baseline_records_per_s": round(base.rate, 1),
+                "ratio": round(r.rate / base.rate, 4),
+                "cpu_ms_per_record": round(1000 * r.cpu_seconds / r.records, 5),
+                "first_out_ms": None,
+                "bytes": r.size,
+            }
         )
         rows.append(
             [
@@ -201,12 +222,25 @@ def main() -> int:
                 str(r.size),
             ]
         )
+    load_after = load_average()
+    if args.json:
+        print_json(
+            {
+                "bench": "codec",
+                "records": args.records,
+                "repeat": args.repeat,
+                "results": documents,
+                "load_average": [round(load_before, 2), round(load_after, 2)],
+            }
+        )
+        return 0
     print()
     print(
         f"codec: {args.records} records, best of {args.repeat} runs "
         "(ratio = records/s relative to json for the same schema and operation)"
     )
     print(table(["record", "operation", "method", "records/s", "ratio", "bytes"], rows))
+    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
     return 0
 
 

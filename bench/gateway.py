@@ -21,7 +21,13 @@ httpx.AsyncClient (about 1 ms of CPU per request here); ``--client raw`` is a
 bare HTTP/1.1 client that costs a tenth of that and shows the servers' own
 gap more truthfully.
 
-    .venv/bin/python bench/gateway.py [--requests 5000] [--concurrency 32] [--client raw]
+After each variant's closed-loop runs, a second phase drives both servers
+open-loop at half of hookline's measured maximum (requests are scheduled at a
+fixed rate whatever the answers do; a request's latency counts from its
+scheduled time, so queueing is included): the p50/p99 a gateway shows with
+headroom, not at saturation.
+
+    .venv/bin/python bench/gateway.py [--requests 5000] [--concurrency 32] [--client raw] [--json]
 """
 
 from __future__ import annotations
@@ -42,23 +48,27 @@ import re
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from _common import (
     BENCH,
     PAYLOADS,
     REPO,
+    cpu_seconds,
     hookline_command,
     hookline_env,
+    load_average,
     percentile,
+    print_json,
     say,
     table,
 )
+from hookline.infra.broker import EmbeddedBroker, free_port
+from hookline.infra.processes import ServiceProcess
 
 from hookline.supervisor import dev_secrets
-from infra.broker import EmbeddedBroker, free_port
-from infra.processes import ServiceProcess
 
 
 @dataclass(frozen=True)
@@ -80,10 +90,23 @@ class RunResult:
     p50_ms: float
     p99_ms: float
     statuses: dict[int, int]
+    #: The server process's CPU seconds during the measured requests.
+    cpu_seconds: float = float("nan")
+    #: From the start of the measured run to its first answer.
+    first_ms: float = float("nan")
+    #: "closed" (as fast as answers come) or "half-load" (open loop, fixed rate).
+    phase: str = "closed"
+    target_rps: float | None = None
+    late: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def rps(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.cpu_seconds / self.requests
 
 
 def variants() -> list[Variant]:
@@ -195,11 +218,16 @@ CLIENTS: dict[str, type[HttpxConnection] | type[RawConnection]] = {
 
 async def drive(
     connections: list[Connection], requests: int, quiet: bool = False
-) -> tuple[float, list[float], Counter[int]]:
-    """Send ``requests`` POSTs, one loop per connection; time each request."""
+) -> tuple[float, list[float], Counter[int], float]:
+    """Send ``requests`` POSTs, one loop per connection; time each request.
+
+    Returns the wall seconds, the latencies, the statuses and the seconds
+    from the start to the first answer.
+    """
     latencies: list[float] = []
     statuses: Counter[int] = Counter()
     issued = 0
+    first: list[float] = []
 
     async def loop(connection: Connection) -> None:
         nonlocal issued
@@ -207,7 +235,10 @@ async def drive(
             issued += 1
             started = time.perf_counter()
             status = await connection.post()
-            latencies.append(time.perf_counter() - started)
+            done = time.perf_counter()
+            if not first:
+                first.append(done)
+            latencies.append(done - started)
             statuses[status] += 1
 
     async def report(started: float) -> None:
@@ -224,7 +255,52 @@ async def drive(
     finally:
         if reporter is not None:
             reporter.cancel()
-    return time.perf_counter() - started, latencies, statuses
+    first_seconds = (first[0] - started) if first else float("nan")
+    return time.perf_counter() - started, latencies, statuses, first_seconds
+
+
+async def drive_open_loop(
+    connections: list[Connection], requests: int, rate: float
+) -> tuple[float, list[float], Counter[int], int]:
+    """Send ``requests`` POSTs at a fixed ``rate``, whatever the answers do (open loop).
+
+    Request i is due at ``i / rate`` seconds; it takes the next idle
+    connection (waiting for one if all are busy) and its latency counts from
+    when it was due, so a server falling behind shows as latency, not as a
+    lower rate. Returns the wall seconds, the latencies, the statuses and how
+    many requests started over 1 ms late (no idle connection, or this
+    process's loop was busy).
+    """
+    idle: asyncio.Queue[Connection] = asyncio.Queue()
+    for connection in connections:
+        idle.put_nowait(connection)
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    late = 0
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def one(connection: Connection, due: float) -> None:
+        try:
+            status = await connection.post()
+            latencies.append(time.perf_counter() - due)
+            statuses[status] += 1
+        finally:
+            idle.put_nowait(connection)
+
+    started = time.perf_counter()
+    for index in range(requests):
+        due = started + index / rate
+        wait = due - time.perf_counter()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        connection = await idle.get()
+        if time.perf_counter() - due > 0.001:
+            late += 1
+        task = asyncio.create_task(one(connection, due))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+    await asyncio.gather(*tasks)
+    return time.perf_counter() - started, latencies, statuses, late
 
 
 async def run_one(
@@ -232,32 +308,55 @@ async def run_one(
     base_url: str,
     variant: Variant,
     args: argparse.Namespace,
+    pid: int | None = None,
+    half_rate: float | None = None,
 ) -> RunResult:
+    """Closed loop (``half_rate`` None) or open loop at ``half_rate`` requests/s."""
     url = base_url + variant.path
     connections = [CLIENTS[args.client](url, variant) for _ in range(args.concurrency)]
+    late = 0
     try:
         # Warm-up: connections open, both servers' code paths and caches warm.
         await drive(connections, args.warmup, quiet=True)
-        say(
-            f"  {server:<9} {variant.name}: {args.requests} requests, "
-            f"{args.concurrency} connections ({args.client} client)"
-        )
-        seconds, latencies, statuses = await drive(connections, args.requests)
+        cpu_before = cpu_seconds(pid)
+        if half_rate is None:
+            say(
+                f"  {server:<9} {variant.name}: {args.requests} requests, "
+                f"{args.concurrency} connections ({args.client} client)"
+            )
+            seconds, latencies, statuses, first = await drive(connections, args.requests)
+        else:
+            say(
+                f"  {server:<9} {variant.name}: {args.half_load_requests} requests open-loop "
+                f"at {half_rate:.0f} req/s (half of hookline's maximum)"
+            )
+            seconds, latencies, statuses, late = await drive_open_loop(
+                connections, args.half_load_requests, half_rate
+            )
+            first = float("nan")
+        cpu = cpu_seconds(pid) - cpu_before
     finally:
         for connection in connections:
             await connection.close()
     result = RunResult(
         server,
         variant.name,
-        args.requests,
+        len(latencies),
         seconds,
         percentile(latencies, 0.50) * 1000,
         percentile(latencies, 0.99) * 1000,
         dict(statuses),
+        cpu_seconds=cpu,
+        first_ms=first * 1000,
+        phase="closed" if half_rate is None else "half-load",
+        target_rps=half_rate,
+        late=late,
     )
     say(
-        f"  {server:<9} {variant.name}: {result.rps:.0f} req/s, "
-        f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, statuses {result.statuses}"
+        f"  {server:<9} {variant.name} [{result.phase}]: {result.rps:.0f} req/s, "
+        f"p50 {result.p50_ms:.1f} ms, p99 {result.p99_ms:.1f} ms, "
+        f"CPU {result.cpu_ms_per_request:.3f} ms/req, statuses {result.statuses}"
+        + (f", {late} started late" if half_rate is not None else "")
     )
     return result
 
@@ -282,7 +381,17 @@ def main() -> int:
         default="httpx",
         help="load generator: httpx.AsyncClient (default) or a bare HTTP/1.1 client",
     )
+    parser.add_argument(
+        "--half-load-requests",
+        type=int,
+        default=5000,
+        help="requests of the open-loop phase at half of hookline's maximum (0: skip it)",
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the table"
+    )
     args = parser.parse_args()
+    load_before = load_average()
 
     results: list[RunResult] = []
     with tempfile.TemporaryDirectory(prefix="hookline-bench-") as tmp:
@@ -312,45 +421,136 @@ def main() -> int:
                 baseline.wait_ready(60, url=f"http://127.0.0.1:{base_port}/healthz")
                 say(f"baseline ready on port {base_port}")
                 servers = {
-                    "baseline": f"http://127.0.0.1:{base_port}",
-                    "hookline": f"http://127.0.0.1:{gw_port}",
+                    "baseline": (f"http://127.0.0.1:{base_port}", baseline.process),
+                    "hookline": (f"http://127.0.0.1:{gw_port}", gateway.process),
                 }
+                expected = 0
                 for variant in variants():
-                    for server, base_url in servers.items():
-                        results.append(asyncio.run(run_one(server, base_url, variant, args)))
+                    for server, (base_url, process) in servers.items():
+                        pid = process.pid if process else None
+                        results.append(asyncio.run(run_one(server, base_url, variant, args, pid)))
+                    expected += args.requests + args.warmup
+                    if args.half_load_requests <= 0:
+                        continue
+                    half = results[-1].rps / 2  # hookline's closed-loop maximum, halved
+                    for server, (base_url, process) in servers.items():
+                        pid = process.pid if process else None
+                        results.append(
+                            asyncio.run(run_one(server, base_url, variant, args, pid, half))
+                        )
+                    expected += args.half_load_requests + args.warmup
                 accepted = accepted_by_gateway(f"http://127.0.0.1:{gw_port}/metrics")
-                expected = len(variants()) * (args.requests + args.warmup)
                 say(f"gateway counted {accepted} accepted deliveries (sent {expected})")
 
+    load_after = load_average()
+    say(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
     rows = []
     failed = accepted != expected
+    documents: list[dict[str, Any]] = []
+
+    def find(server: str, variant: str, phase: str) -> RunResult | None:
+        return next(
+            (
+                r
+                for r in results
+                if r.server == server and r.variant == variant and r.phase == phase
+            ),
+            None,
+        )
+
     for variant in variants():
-        base = next(r for r in results if r.server == "baseline" and r.variant == variant.name)
-        hook = next(r for r in results if r.server == "hookline" and r.variant == variant.name)
-        for r in (base, hook):
+        base = find("baseline", variant.name, "closed")
+        hook = find("hookline", variant.name, "closed")
+        assert base is not None
+        assert hook is not None
+        half_base = find("baseline", variant.name, "half-load")
+        half_hook = find("hookline", variant.name, "half-load")
+        for r in (base, hook, half_base, half_hook):
+            if r is None:
+                continue
             failed |= set(r.statuses) != {200}
             rows.append(
                 [
                     r.variant,
                     r.server,
+                    "max" if r.phase == "closed" else f"{r.target_rps:.0f}/s open",
                     f"{r.rps:.0f}",
                     f"{r.p50_ms:.1f}",
                     f"{r.p99_ms:.1f}",
-                    f"{r.rps / base.rps:.2f}",
+                    f"{r.rps / base.rps:.2f}" if r.phase == "closed" else "",
+                    f"{r.cpu_ms_per_request:.3f}",
                     ",".join(f"{k}x{v}" for k, v in sorted(r.statuses.items())),
                 ]
             )
+        document: dict[str, Any] = {
+            "variant": variant.name,
+            "records": hook.requests,
+            "records_per_s": round(hook.rps, 1),
+            "baseline_records_per_s": round(base.rps, 1),
+            "ratio": round(hook.rps / base.rps, 4),
+            "cpu_ms_per_record": round(hook.cpu_ms_per_request, 4),
+            "baseline_cpu_ms_per_record": round(base.cpu_ms_per_request, 4),
+            "first_out_ms": round(hook.first_ms, 2),
+            "p50_ms": round(hook.p50_ms, 2),
+            "p99_ms": round(hook.p99_ms, 2),
+            "baseline_p50_ms": round(base.p50_ms, 2),
+            "baseline_p99_ms": round(base.p99_ms, 2),
+            "statuses": {str(k): v for k, v in sorted(hook.statuses.items())},
+            "half_load": None,
+        }
+        if half_hook is not None and half_base is not None:
+            document["half_load"] = {
+                "target_per_s": round(half_hook.target_rps or 0.0, 1),
+                "requests": half_hook.requests,
+                "achieved_per_s": round(half_hook.rps, 1),
+                "p50_ms": round(half_hook.p50_ms, 2),
+                "p99_ms": round(half_hook.p99_ms, 2),
+                "started_late": half_hook.late,
+                "cpu_ms_per_record": round(half_hook.cpu_ms_per_request, 4),
+                "baseline_p50_ms": round(half_base.p50_ms, 2),
+                "baseline_p99_ms": round(half_base.p99_ms, 2),
+            }
+        documents.append(document)
+    if args.json:
+        print_json(
+            {
+                "bench": "gateway",
+                "client": args.client,
+                "requests": args.requests,
+                "concurrency": args.concurrency,
+                "half_load_requests": args.half_load_requests,
+                "variants": documents,
+                "accepted_by_gateway": accepted,
+                "expected_accepted": expected,
+                "ok": not failed,
+                "load_average": [round(load_before, 2), round(load_after, 2)],
+            }
+        )
+        return 1 if failed else 0
     print()
     print(
         f"gateway: {args.requests} requests per run, {args.concurrency} connections, "
-        f"{args.client} client (ratio = requests/s relative to the baseline)"
+        f"{args.client} client (ratio = requests/s relative to the baseline; load 'max' is "
+        "closed-loop, 'N/s open' the open-loop phase at half of hookline's maximum, latency "
+        "from each request's scheduled time; CPU = server process CPU per request)"
     )
     print(
         table(
-            ["variant", "server", "req/s", "p50 ms", "p99 ms", "ratio", "statuses"],
+            [
+                "variant",
+                "server",
+                "load",
+                "req/s",
+                "p50 ms",
+                "p99 ms",
+                "ratio",
+                "CPU ms/req",
+                "statuses",
+            ],
             rows,
         )
     )
+    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
     if failed:
         print(
             "some requests were not answered 200 or not counted as accepted: "

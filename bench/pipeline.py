@@ -20,7 +20,11 @@ orders, encoded and partitioned exactly as the gateway writes them to
 ``production.orders.changes`` record (version 1). The clock runs from the
 first record sent to the N-th record read back.
 
-    .venv/bin/python bench/pipeline.py [--records 10000]
+    .venv/bin/python bench/pipeline.py [--records 10000] [--json] [--profile FILE]
+
+``--json`` prints one JSON document on stdout instead of the table (fields in
+bench/README.md); ``--profile FILE`` attaches py-spy (raw/collapsed stacks) to
+the worker for ``--profile-seconds`` from the start of the measured run.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
 from _common import (
@@ -51,23 +56,26 @@ from _common import (
     DEV_SOURCES,
     PAYLOADS,
     REPO,
+    cpu_seconds,
     hookline_command,
     hookline_env,
+    load_average,
+    print_json,
     say,
     table,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
+from hookline.core import topics
+from hookline.core.adapters import ordering_key
+from hookline.core.sources import load_sources
+from hookline.gateway.envelope import new_delivery_id, raw_envelope
+from hookline.infra.broker import EmbeddedBroker, free_port
+from hookline.infra.processes import ServiceProcess
+from hookline.schemas import codec
 
-from gateway.envelope import new_delivery_id, raw_envelope
-from hookline import topics
-from hookline.sources import load_sources
 from hookline.supervisor import dev_secrets
-from infra.broker import EmbeddedBroker, free_port
-from infra.processes import ServiceProcess
-from schemas import codec
-from streams.adapters import ordering_key
 
 ENVIRONMENT = "production"
 PARTITIONS = 4
@@ -93,12 +101,33 @@ class RunResult:
         return self.records / self.seconds
 
     @property
-    def steady_rate(self) -> str:
-        """Records/s between the 10% and 90% marks; "-" when that took under 0.1 s,
+    def steady(self) -> float | None:
+        """Records/s between the 10% and 90% marks; None when that took under 0.1 s,
         since the reader then sees both marks in one or two fetches."""
         if self.middle_seconds < 0.1:
-            return "-"
-        return f"{0.8 * self.records / self.middle_seconds:.0f}"
+            return None
+        return 0.8 * self.records / self.middle_seconds
+
+    @property
+    def steady_rate(self) -> str:
+        steady = self.steady
+        return "-" if steady is None else f"{steady:.0f}"
+
+    @property
+    def cpu_ms_per_record(self) -> float:
+        return 1000 * self.mover_cpu_seconds / self.records
+
+    def as_json(self, baseline: RunResult) -> dict[str, Any]:
+        return {
+            "mover": self.name,
+            "records": self.records,
+            "seconds": round(self.seconds, 3),
+            "records_per_s": round(self.rate, 1),
+            "ratio": round(self.rate / baseline.rate, 4),
+            "steady_records_per_s": None if self.steady is None else round(self.steady, 1),
+            "first_out_ms": round(1000 * self.first_seconds, 1),
+            "cpu_ms_per_record": round(self.cpu_ms_per_record, 4),
+        }
 
 
 @dataclass(frozen=True)
@@ -110,18 +139,20 @@ class RawRecord:
     ordering_key: bytes  # chooses the partition (gateway/publish.py), here the order id
 
 
-def raw_records(count: int, tag: str) -> list[RawRecord]:
+def raw_records(count: int, tag: str, start: int = 0) -> list[RawRecord]:
     """``count`` raw records as the gateway writes them, one order id each.
 
     Distinct orders (and bodies) so deduplication lets every one through and
     each becomes exactly one state change; encoded up front so the clock
-    measures the pipeline, not this script's encoding.
+    measures the pipeline, not this script's encoding. Order ids are
+    ``{tag}-{index:07d}`` for ``index`` from ``start`` (bench/state.py makes
+    its million orders chunk by chunk).
     """
     source = load_sources(DEV_SOURCES, dev_secrets())["partner"]
     template = json.loads((PAYLOADS / "partner-order-status.json").read_bytes())
     headers = {"content-type": "application/json", "user-agent": "hookline-bench"}
     records = []
-    for index in range(count):
+    for index in range(start, start + count):
         document = dict(
             template,
             order_id=f"{tag}-{index:07d}",
@@ -260,19 +291,21 @@ async def forward(bootstrap: str) -> None:
         await consumer.stop()
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User+system CPU time of a process so far (Linux /proc; NaN elsewhere).
+def start_profiler(pid: int | None, output: Path, seconds: float) -> subprocess.Popen[bytes]:
+    """py-spy (from the venv) sampling ``pid`` at 100 Hz, raw collapsed stacks to ``output``.
 
-    Tells whether a mover was CPU-bound (CPU seconds close to wall seconds:
-    one Python process uses one core) or waiting on the broker.
+    ``--nonblocking`` does not pause the worker to sample it, so the profile
+    costs the worker almost nothing (stacks may be slightly inconsistent).
     """
     if pid is None:
-        return float("nan")
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        raise RuntimeError("no worker process to profile")
+    py_spy = Path(sys.executable).parent / "py-spy"
+    command = [str(py_spy), "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", "100"]
+    command += ["-f", "raw", "-o", str(output), "--nonblocking"]
+    say(f"  py-spy attached to worker pid {pid} for {seconds:g}s -> {output}")
+    return subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
 
 
 def start_forwarder(bootstrap: str, log_path: Path) -> subprocess.Popen[str]:
@@ -354,6 +387,8 @@ def run_hookline(
     tag: str,
     timeout: float,
     logs: Path,
+    profile: Path | None = None,
+    profile_seconds: float = 15.0,
 ) -> RunResult:
     """One run: the same deliveries again would be (rightly) dropped as duplicates."""
     raw_topic, changes_topic = topics.raw(ENVIRONMENT), topics.orders_changes(ENVIRONMENT)
@@ -380,11 +415,15 @@ def run_hookline(
         worker_pid = worker.process.pid if worker.process else None
         cpu_before = cpu_seconds(worker_pid)
         bench_prefix = f"bench-{tag}".encode()
+        profiler = None if profile is None else start_profiler(worker_pid, profile, profile_seconds)
         result = asyncio.run(
             move(bootstrap, records, raw_topic, changes_topic, bench_prefix, "hookline", timeout)
         )
         result = replace(result, mover_cpu_seconds=cpu_seconds(worker_pid) - cpu_before)
         say(f"  hookline: {result.rate:.0f} records/s ({result.seconds:.1f}s)")
+        if profiler is not None:
+            _, errors = profiler.communicate(timeout=profile_seconds + 60)
+            say(f"  py-spy exited with {profiler.returncode}: {errors.decode()[-500:].strip()}")
         changes = worker_state_changes(f"http://127.0.0.1:{web_port}/metrics")
         say(f"worker counted {changes} state changes (sent {len(warmup) + len(records)})")
     return result
@@ -398,6 +437,17 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured records per mover")
     parser.add_argument("--baseline-runs", type=int, default=3, help="baseline runs (median)")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds allowed per run")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the table"
+    )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        help="write a py-spy profile (raw collapsed stacks) of the worker's measured run here",
+    )
+    parser.add_argument(
+        "--profile-seconds", type=float, default=15.0, help="py-spy duration (default 15)"
+    )
     parser.add_argument("--forward", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -406,6 +456,7 @@ def main() -> int:
         return 0
 
     tag = uuid.uuid4().hex[:8]
+    load_before = load_average()
     say(f"encoding {args.warmup} + {args.records} raw envelopes...")
     warmup = raw_records(args.warmup, f"warm-{tag}")
     records = raw_records(args.records, f"bench-{tag}")
@@ -419,8 +470,36 @@ def main() -> int:
                 broker.bootstrap_servers, warmup, records, args.baseline_runs, args.timeout, logs
             )
             hookline = run_hookline(
-                broker.bootstrap_servers, warmup, records, tag, args.timeout, logs
+                broker.bootstrap_servers,
+                warmup,
+                records,
+                tag,
+                args.timeout,
+                logs,
+                args.profile,
+                args.profile_seconds,
             )
+
+    load_after = load_average()
+    say(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
+    if args.json:
+        print_json(
+            {
+                "bench": "pipeline",
+                "records": args.records,
+                "records_per_s": round(hookline.rate, 1),
+                "baseline_records_per_s": round(baseline.rate, 1),
+                "ratio": round(hookline.rate / baseline.rate, 4),
+                "cpu_ms_per_record": round(hookline.cpu_ms_per_record, 4),
+                "first_out_ms": round(1000 * hookline.first_seconds, 1),
+                "partitions": PARTITIONS,
+                "baseline_runs": args.baseline_runs,
+                "movers": [r.as_json(baseline) for r in (baseline, hookline)],
+                "load_average": [round(load_before, 2), round(load_after, 2)],
+                "profile": None if args.profile is None else str(args.profile),
+            }
+        )
+        return 0
 
     print()
     print(
@@ -437,7 +516,7 @@ def main() -> int:
             f"{r.rate / baseline.rate:.3f}",
             r.steady_rate,
             f"{1000 * r.first_seconds:.0f}",
-            f"{1000 * r.mover_cpu_seconds / r.records:.2f}",
+            f"{r.cpu_ms_per_record:.2f}",
         ]
         for r in (baseline, hookline)
     ]
@@ -452,6 +531,7 @@ def main() -> int:
         "CPU ms/rec",
     ]
     print(table(headers, rows))
+    print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
     return 0
 
 
