@@ -42,31 +42,24 @@ def dev_secrets(path: Path = DEV_ENV, data_dir: Path | None = None) -> dict[str,
 def _generated_dev_secrets(path: Path) -> Path:
     if path.exists():
         return path
+    import base64
     import secrets
-    import tomllib
 
-    names = sorted(
-        {
-            name
-            for table in tomllib.loads(DEV_SOURCES.read_text())["sources"].values()
-            for name in (
-                [table["secret_env"]]
-                if isinstance(table.get("secret_env"), str)
-                else table.get("secret_env", [])
+    from hookline.core.sources import load_sources
+
+    values: dict[str, str] = {}
+    for source in load_sources(DEV_SOURCES, with_secrets=False).values():
+        for name in source.secret_env:
+            # Standard Webhooks secrets are whsec_ + base64; the others any string.
+            values.setdefault(
+                name,
+                "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+                if source.verify == "standard-webhooks"
+                else secrets.token_urlsafe(32),
             )
-        }
-    )
-    lines = []
-    for name in names:
-        value = secrets.token_urlsafe(32)
-        if name.startswith("STDHOOKS"):  # Standard Webhooks secrets are whsec_ + base64
-            import base64
-
-            value = "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
-        lines.append(f"{name}={value}")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.touch(mode=0o600)
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text("".join(f"{name}={value}\n" for name, value in sorted(values.items())))
     logs.say(f"development secrets generated for this machine: {path}")
     return path
 
@@ -103,6 +96,18 @@ def _start_sink(env: dict[str, str], web_port: int) -> tuple[subprocess.Popen[by
         f"{folder}  (Iceberg; SQLite catalog 'hookline' at catalog.db; "
         f"sink metrics http://127.0.0.1:{web_port}/metrics)"
     )
+
+
+def _try_line(gateway_port: int) -> str:
+    """A first webhook to send: the checkout's dev token, or where generated secrets are."""
+    url = f"http://127.0.0.1:{gateway_port}/webhooks/partner"
+    if DEV_ENV.exists():
+        return (
+            f"  try:  curl -s -X POST '{url}?token=dev-partner-token' "
+            "-H 'content-type: application/json' "
+            "--data @tests/fixtures/payloads/partner-order-status.json\n"
+        )
+    return f"  try:  POST a partner webhook to {url}?token=$PARTNER_SECRET (dev-secrets.env)\n"
 
 
 def run_all(
@@ -146,10 +151,7 @@ def run_all(
         f"  worker metrics     http://127.0.0.1:{worker_web_port}/metrics\n"
         f"  sources            {env['HOOKLINE_SOURCES']}\n"
         f"  warehouse          {sink_line}\n"
-        "  try:  curl -s -X POST 'http://127.0.0.1:"
-        f"{gateway_port}/webhooks/partner?token=dev-partner-token' "
-        "-H 'content-type: application/json' "
-        "--data @tests/fixtures/payloads/partner-order-status.json\n"
+        f"{_try_line(gateway_port)}"
         "  Ctrl-C stops everything.\n",
     )
     code = 0

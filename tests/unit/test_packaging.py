@@ -81,3 +81,20 @@ def test_without_hookline_sources_the_service_refuses_to_start(command: str) -> 
     assert done.returncode != 0
     assert "HOOKLINE_SOURCES is not set" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_without_the_dev_env_file_run_generates_private_secrets(tmp_path: Path) -> None:
+    """A wheel has no infra/dev.env: `hookline run` makes its own secrets, private to us."""
+    from hookline.core.settings import DEV_SOURCES
+    from hookline.core.sources import load_sources
+
+    from hookline.supervisor import dev_secrets
+
+    generated = dev_secrets(path=tmp_path / "absent.env", data_dir=tmp_path)
+    wanted = {
+        n for s in load_sources(DEV_SOURCES, with_secrets=False).values() for n in s.secret_env
+    }
+    assert set(generated) == wanted
+    assert all(len(value) >= 32 for value in generated.values())
+    assert (tmp_path / "dev-secrets.env").stat().st_mode & 0o777 == 0o600
+    assert dev_secrets(path=tmp_path / "absent.env", data_dir=tmp_path) == generated  # kept
