@@ -9,9 +9,13 @@ would do the same.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import asyncio
+import sys
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
+from typing import Any
 
+from hookline.core.settings import Settings
 from hookline.core.sources import ENVIRONMENTS, Source
 from hookline.tail import iso_ms, parse_since
 
@@ -147,3 +151,50 @@ def check_sources(
                 f"--source {name!r} is a {source.environment} source, not {environment}"
             )
     return frozenset(names)
+
+
+@dataclass(frozen=True)
+class OperatorSetup:
+    """What redrive and replay both need before they touch Kafka."""
+
+    settings: Settings
+    bootstrap: str
+    sources: Mapping[str, Source]
+
+
+def operator_setup() -> OperatorSetup:
+    """Settings, broker and sources; SelectionError (exit 2) when one is missing or bad."""
+    from hookline.core.settings import SettingsError
+    from hookline.core.sources import SourcesError, load_sources
+
+    try:
+        settings = Settings.from_env()
+        bootstrap = settings.require_bootstrap()
+        sources = load_sources(settings.require_sources(), with_secrets=False)
+    except (SettingsError, SourcesError) as exc:
+        raise SelectionError(str(exc)) from None
+    return OperatorSetup(settings, bootstrap, sources)
+
+
+def run_operator(work: Coroutine[Any, Any, int], interrupted: str) -> int:
+    """Run a command's coroutine; its failures become one line and an exit code.
+
+    1: Kafka could not be read, written or waited for; 130: Ctrl-C (with
+    ``interrupted``, which says whether running it again is safe); 0 when
+    stdout was closed early (``... --dry-run | head``).
+    """
+    from hookline.raw_publisher import PublishError
+    from hookline.topic_reader import ReadError
+    from hookline.worker_wait import WaitError
+
+    try:
+        return asyncio.run(work)
+    except (ReadError, PublishError, WaitError) as exc:
+        print(f"hookline: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(interrupted, file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        sys.stderr.close()
+        return 0

@@ -17,7 +17,6 @@ the dead-letter topic: dead-lettered again, with their new reasons.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
@@ -32,6 +31,8 @@ from hookline.operator_args import (
     add_selection_arguments,
     add_wait_arguments,
     check_sources,
+    operator_setup,
+    run_operator,
 )
 from hookline.progress import Progress
 from hookline.schemas import codec
@@ -257,46 +258,29 @@ async def redrive(
 
 
 def cmd_redrive(args: argparse.Namespace) -> int:
-    from hookline.core.settings import Settings, SettingsError
-    from hookline.core.sources import SourcesError, load_sources
-    from hookline.raw_publisher import PublishError
-    from hookline.topic_reader import ReadError
-    from hookline.worker_wait import WaitError
-
     try:
-        settings = Settings.from_env()
-        bootstrap = settings.require_bootstrap()
-        sources = load_sources(settings.require_sources(), with_secrets=False)
+        setup = operator_setup()
         keep = LetterFilter(
             stages=frozenset(args.stage) if args.stage else None,
             reason=args.reason,
             window=TimeRange(args.since, args.until),
-            sources=check_sources(args.source, args.env, sources),
+            sources=check_sources(args.source, args.env, setup.sources),
         )
-    except (SettingsError, SourcesError, SelectionError) as exc:
+    except SelectionError as exc:
         print(f"hookline: {exc}", file=sys.stderr)
         return 2
-    try:
-        return asyncio.run(
-            redrive(
-                bootstrap,
-                args.env,
-                keep,
-                dry_run=args.dry_run,
-                wait=not args.no_wait,
-                timeout_s=args.timeout,
-                max_json_depth=settings.max_json_depth,
-                max_request_bytes=settings.max_record_bytes,
-                out=sys.stdout,
-                err=sys.stderr,
-            )
-        )
-    except (ReadError, PublishError, WaitError) as exc:
-        print(f"hookline: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("hookline redrive: interrupted; running it again is safe", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # `hookline redrive --dry-run ... | head`
-        sys.stderr.close()
-        return 0
+    return run_operator(
+        redrive(
+            setup.bootstrap,
+            args.env,
+            keep,
+            dry_run=args.dry_run,
+            wait=not args.no_wait,
+            timeout_s=args.timeout,
+            max_json_depth=setup.settings.max_json_depth,
+            max_request_bytes=setup.settings.max_record_bytes,
+            out=sys.stdout,
+            err=sys.stderr,
+        ),
+        "hookline redrive: interrupted; running it again is safe",
+    )

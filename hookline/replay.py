@@ -18,7 +18,6 @@ raw order, so deliveries about one order keep their order.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import secrets
 import sys
@@ -34,6 +33,8 @@ from hookline.operator_args import (
     add_selection_arguments,
     add_wait_arguments,
     check_sources,
+    operator_setup,
+    run_operator,
 )
 from hookline.progress import Progress
 from hookline.schemas import codec
@@ -230,50 +231,30 @@ async def replay(
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from hookline.core.settings import Settings, SettingsError
-    from hookline.core.sources import SourcesError, load_sources
-    from hookline.raw_publisher import PublishError
-    from hookline.topic_reader import ReadError
-    from hookline.worker_wait import WaitError
-
     try:
-        settings = Settings.from_env()
-        bootstrap = settings.require_bootstrap()
-        sources = load_sources(settings.require_sources(), with_secrets=False)
+        setup = operator_setup()
         keep = RawFilter(
             environment=args.env,
             window=TimeRange(args.since, args.until),
-            sources=check_sources(args.source, args.env, sources),
+            sources=check_sources(args.source, args.env, setup.sources),
         )
-    except (SettingsError, SourcesError, SelectionError) as exc:
+    except SelectionError as exc:
         print(f"hookline: {exc}", file=sys.stderr)
         return 2
     replay_id = args.replay_id or new_replay_id()
-    try:
-        return asyncio.run(
-            replay(
-                bootstrap,
-                keep,
-                replay_id,
-                dry_run=args.dry_run,
-                wait=not args.no_wait,
-                timeout_s=args.timeout,
-                max_json_depth=settings.max_json_depth,
-                max_request_bytes=settings.max_record_bytes,
-                out=sys.stdout,
-                err=sys.stderr,
-            )
-        )
-    except (ReadError, PublishError, WaitError) as exc:
-        print(f"hookline: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(
-            f"hookline replay: interrupted; records already re-published carry "
-            f"{REPLAY_HEADER}: {replay_id}; replaying the range again is harmless",
-            file=sys.stderr,
-        )
-        return 130
-    except BrokenPipeError:  # `hookline replay --dry-run ... | head`
-        sys.stderr.close()
-        return 0
+    return run_operator(
+        replay(
+            setup.bootstrap,
+            keep,
+            replay_id,
+            dry_run=args.dry_run,
+            wait=not args.no_wait,
+            timeout_s=args.timeout,
+            max_json_depth=setup.settings.max_json_depth,
+            max_request_bytes=setup.settings.max_record_bytes,
+            out=sys.stdout,
+            err=sys.stderr,
+        ),
+        f"hookline replay: interrupted; records already re-published carry "
+        f"{REPLAY_HEADER}: {replay_id}; replaying the range again is harmless",
+    )
