@@ -42,11 +42,6 @@ def orders_changes(env: str) -> str:
     return f"{env}.orders.changes"
 
 
-def deliveries(env: str) -> str:  # release 1 only: normalize and dedup are one stage now
-    """Raw deliveries re-keyed by their deduplication key."""
-    return f"{env}.hookline.deliveries"
-
-
 def transaction_facts(env: str) -> str:
     """Transaction facts and order memberships, keyed by transaction id."""
     return f"{env}.hookline.transaction-facts"
