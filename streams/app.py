@@ -66,6 +66,7 @@ def create_app(
         join_retention_ms=int(settings.effective_join_retention_days * DAY_MS),
         order_retention_ms=int(settings.order_retention_days * DAY_MS),
         max_json_depth=settings.max_json_depth,
+        fence_dir=settings.data_dir / "worker" / "fences" if settings.store == "rocksdb" else None,
     )
     app.hookline_pipelines = [  # type: ignore[attr-defined]
         EnvironmentPipeline(app, env, config, sources, metrics) for env in ENVIRONMENTS

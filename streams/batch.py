@@ -10,8 +10,20 @@ Kafka acknowledged all of them, and only then writes the table. So:
 - an input whose table write was lost is simply processed again: the stage is
   deterministic, so it re-emits byte-identical records.
 
-Faust commits offsets only after flushing the producer, so neither the
-outputs nor the state of a committed input can be lost.
+Before sending, the worker confirms with the group coordinator that it is
+still a member of the generation it read the batch in (see
+streams/membership.py): a worker frozen past its session timeout wakes up
+evicted and drops its batch instead of writing over the new owner.
+
+The changelog record of a table write is one of those outputs: it is sent in
+the same burst, stamped with the batch's consumer-group generation (see
+streams/fencing.py), and the local store is written only after Kafka
+acknowledged it. So the local store (RocksDB on disk included) never holds a
+write its changelog lacks: a worker killed -9 and restarted on its disk, whose
+partitions later move to a worker with an empty data directory, hands over
+exactly the state it had. Faust commits offsets only after flushing the
+producer, so neither the outputs nor the state of a committed input can be
+lost.
 
 Outputs go straight to the producer (``app.producer.send``), not through
 Faust's per-record topic machinery: a batch is one burst of sends and one
@@ -32,20 +44,29 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 from faust.streams import _current_event
-from faust.types import EventT, ProducerT, TableT, TopicT
+from faust.types import TP, EventT, ProducerT, TableT, TopicT
+from hookline.streams.fencing import generation_header
+from hookline.streams.membership import confirm_membership
 
-Output = tuple[str, bytes, bytes]
+Output = tuple[str, bytes, bytes | None, int | None, list[tuple[str, bytes]] | None]
 
 #: Test-only fault injection: ``HOOKLINE_FAIL_SENDS=<stage>`` makes that stage's
 #: first batch with outputs fail its sends, as a broker refusing them would.
 _FAIL_SENDS = set(filter(None, os.environ.get("HOOKLINE_FAIL_SENDS", "").split(",")))
+
+#: Test-only: ``HOOKLINE_STOP_BEFORE_FLUSH=<stage>`` makes the worker stop itself
+#: (SIGSTOP) once, in that stage's first batch with table writes, after computing
+#: it and before sending it: a worker frozen mid-batch, as a long pause would.
+_STOP_BEFORE_FLUSH = set(filter(None, os.environ.get("HOOKLINE_STOP_BEFORE_FLUSH", "").split(",")))
 
 #: Marks a key to delete in :class:`Batch` writes.
 DELETE = object()
@@ -61,20 +82,25 @@ def in_partition_of(event: EventT) -> Iterator[None]:
         _current_event.reset(token)
 
 
-async def send_acknowledged(producer: ProducerT, sends: list[Output], stage: str = "") -> None:
+async def send_acknowledged(
+    producer: ProducerT, sends: list[Output], stage: str = ""
+) -> list[RecordMetadata]:
     """Send all, then wait until Kafka acknowledged every one.
 
     Raises if any send failed: the batch is then not acknowledged, the worker
     crashes and the inputs are processed again.
     """
     if not sends:
-        return
+        return []
     if stage in _FAIL_SENDS:
         _FAIL_SENDS.discard(stage)
         raise KafkaError(f"injected send failure in stage {stage} (HOOKLINE_FAIL_SENDS)")
     send = producer.send
-    pending = [await send(topic, key, value, None, None, None) for topic, key, value in sends]
-    await asyncio.gather(*pending)
+    pending = [
+        await send(topic, key, value, partition, None, headers)
+        for topic, key, value, partition, headers in sends
+    ]
+    return list(await asyncio.gather(*pending))
 
 
 class Batch:
@@ -91,9 +117,15 @@ class Batch:
         decode: Callable[[bytes], Any],
         on_put: Callable[[EventT, bytes, Any], None] | None = None,
         stage: str = "",
+        stamp: Callable[[int, int], int] | None = None,
+        on_written: Callable[[dict[int, tuple[int, int]]], None] | None = None,
     ) -> None:
         self.table = table
         self.stage = stage
+        #: The group generation the batch's inputs were read in (fencing).
+        self.generation = table.app.consumer_generation_id
+        self._stamp = stamp or (lambda partition, generation: generation)
+        self._on_written = on_written
         self._encode = encode
         self._decode = decode
         self._on_put = on_put
@@ -112,30 +144,87 @@ class Batch:
 
     def put(self, event: EventT, key: bytes, value: Any) -> None:
         self._writes[key] = (event, value)
+        self._read_in(event)
         if self._on_put is not None:
             self._on_put(event, key, value)
 
     def delete(self, event: EventT, key: bytes) -> None:
         self._writes[key] = (event, DELETE)
+        self._read_in(event)
+
+    def consumed(self, events: list[EventT]) -> None:
+        """The batch's inputs: it is stamped with the oldest generation they were read in."""
+        for event in events:
+            self._read_in(event)
+
+    def _read_in(self, event: EventT) -> None:
+        """Stamp the batch with the oldest generation its inputs were read in."""
+        generation = getattr(event.message, "generation_id", None)
+        if generation is not None and generation < self.generation:
+            self.generation = generation
 
     def send(self, topic: TopicT, key: bytes, value: bytes) -> None:
-        self._sends.append((_name(topic), key, value))
+        self._sends.append((_name(topic), key, value, None, None))
 
     @property
     def sends(self) -> int:
         return len(self._sends)
 
     async def flush(self) -> None:
-        """Send every output, wait for all acknowledgements, then write the table."""
-        await send_acknowledged(self.table.app.producer, self._sends, self.stage)
+        """Send outputs and changelog records, wait for every acknowledgement, then
+        write the local store (and the changelog offsets it has)."""
+        table = self.table
+        changelog = _name(table.changelog_topic)
+        headers: dict[int, list[tuple[str, bytes]]] = {}
+        writes: list[tuple[bytes, EventT, bytes | None]] = []
         for key, (event, value) in self._writes.items():
+            encoded = None if value is DELETE else self._encode(value)
+            writes.append((key, event, encoded))
+            partition = event.message.partition
+            stamped = headers.get(partition)
+            if stamped is None:
+                stamped = headers[partition] = generation_header(
+                    self._stamp(partition, self.generation)
+                )
+            self._sends.append((changelog, key, encoded, partition, stamped))
+        if writes and self.stage in _STOP_BEFORE_FLUSH:
+            _STOP_BEFORE_FLUSH.discard(self.stage)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if self._sends:
+            # Still the owner? An evicted member must not send (streams/membership.py).
+            await confirm_membership(table.app, self.generation)
+        acks = await send_acknowledged(table.app.producer, self._sends, self.stage)
+        store: Any = table.data
+        for key, event, encoded in writes:
             with in_partition_of(event):
-                if value is DELETE:
-                    self.table.pop(key, None)
+                if encoded is None:
+                    _delete(store, key, event.message.partition)
                 else:
-                    self.table[key] = self._encode(value)
+                    store[key] = encoded
+                    partitions = getattr(store, "_key_partition", None)
+                    if partitions is not None:  # memory store: remember for expiry
+                        partitions[key] = event.message.partition
+        if writes:
+            newest: dict[int, int] = {}
+            for ack in acks[len(acks) - len(writes) :]:
+                if ack.offset > newest.get(ack.partition, -1):
+                    newest[ack.partition] = ack.offset
+            for partition, offset in newest.items():
+                store.set_persisted_offset(TP(changelog, partition), offset)
+            if self._on_written is not None:
+                self._on_written(
+                    {p: (offset, self._stamp(p, self.generation)) for p, offset in newest.items()}
+                )
         self._sends.clear()
         self._writes.clear()
+
+
+def _delete(store: Any, key: bytes, partition: int) -> None:
+    if hasattr(store, "_db_for_partition"):  # RocksDB: one database per partition
+        store._db_for_partition(partition).delete(key)
+    else:  # memory
+        store.data.pop(key, None)
+        store._key_partition.pop(key, None)
 
 
 def _name(topic: TopicT, _names: dict[int, str] = {}) -> str:  # noqa: B006 (a cache)

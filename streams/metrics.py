@@ -83,6 +83,14 @@ class WorkerMetrics:
             ["environment", "table"],
             registry=r,
         )
+        self.fenced = Counter(
+            "hookline_worker_fenced_changelog_records",
+            "Changelog records a table recovery skipped because a newer consumer-group "
+            "generation had already written that partition: late writes of a worker that "
+            "lost its partitions while paused (streams/fencing.py).",
+            ["environment", "table"],
+            registry=r,
+        )
         self.batch_size = Histogram(
             "hookline_worker_batch_size",
             "Inputs per processed batch, by stage.",

@@ -21,10 +21,11 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import EventT, StreamT, TableT, TopicT
+from faust.types import EventT, StreamT, TopicT
 from hookline.core import topics
 from hookline.core.sources import Source
 from hookline.schemas import codec
@@ -32,7 +33,9 @@ from hookline.streams.activation import AwaitingActivation
 from hookline.streams.batch import Batch
 from hookline.streams.dedup import REPLAY_HEADER, Seen, classify, conflict_reason, new_entry
 from hookline.streams.expiry import Expiry, StreamTime
+from hookline.streams.fencing import FencedTable
 from hookline.streams.join import apply_to_transaction
+from hookline.streams.membership import Fenced
 from hookline.streams.metrics import WorkerMetrics
 from hookline.streams.normalize import DeadLetter, dead_letter, normalize
 from hookline.streams.order_state import apply_event, apply_update, retire
@@ -51,6 +54,8 @@ class PipelineConfig:
     max_json_depth: int = 32
     batch_max: int = 500
     batch_within_s: float = 0.02
+    #: Where persistent stores keep their fences (None: the store is memory).
+    fence_dir: Path | None = None
 
 
 #: Exit status of a worker whose batch failed (EX_SOFTWARE): restart it.
@@ -72,6 +77,15 @@ def fatal(stage: str, body: Callable[[StreamT], Awaitable[None]]) -> Callable[..
             await body(stream)
         except asyncio.CancelledError:
             raise
+        except Fenced as exc:
+            log.critical(
+                "stage %s: fenced out, %s; exiting without sending or committing the batch "
+                "(the partition's new owner processes it)",
+                stage,
+                exc,
+            )
+            logging.shutdown()
+            os._exit(FAILED_BATCH_EXIT)
         except BaseException:
             log.critical(
                 "stage %s: a batch failed; exiting without committing it (it will be "
@@ -91,7 +105,7 @@ class StateTable:
 
     def __init__(
         self,
-        table: TableT,
+        table: FencedTable,
         schema: str,
         expired: Any,
         on_expired: Callable[[Any], Any] | None = None,
@@ -103,7 +117,15 @@ class StateTable:
         self.expiry = Expiry(table, self.decode, on_expired)
 
     def batch(self, stage: str) -> Batch:
-        return Batch(self.table, self.encode, self.decode, on_put=self.expiry.noted, stage=stage)
+        return Batch(
+            self.table,
+            self.encode,
+            self.decode,
+            on_put=self.expiry.noted,
+            stage=stage,
+            stamp=self.table.stamp,
+            on_written=self.table.written,
+        )
 
     async def finish(self, batch: Batch, clock: StreamTime) -> None:
         """Delete what expired, then send outputs, await acks, write the table."""
@@ -177,13 +199,19 @@ class EnvironmentPipeline:
             key_serializer="raw",
             value_serializer="raw",
         )
-        table = self.app.Table(
-            f"{self.env}.{name}",
+        table = FencedTable(
+            self.app,
+            name=f"{self.env}.{name}",
+            beacon=self.app.tables.beacon,
             partitions=self.config.partitions,
             changelog_topic=changelog,
             key_type=bytes,  # bytes in, bytes out: the "raw" codec
             value_type=bytes,
         )
+        self.app.tables.add(table)
+        table.on_fenced = self.metrics.fenced.labels(self.env, name).inc
+        if self.config.fence_dir is not None:
+            table.keep_fence_in(self.config.fence_dir / f"{self.env}.{name}.json")
         return StateTable(table, schema, self.metrics.expired.labels(self.env, name), on_expired)
 
     def _batches(self, stream: StreamT) -> Any:
@@ -200,6 +228,7 @@ class EnvironmentPipeline:
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("intake").observe(len(events))
             batch, clock = self.dedup_store.batch("intake"), StreamTime()
+            batch.consumed(events)
             letters: list[dict[str, Any]] = []
             duplicates: dict[str, int] = {}
             for event in events:
@@ -279,6 +308,7 @@ class EnvironmentPipeline:
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("transactions").observe(len(events))
             batch, clock = self.transaction_store.batch("transactions"), StreamTime()
+            batch.consumed(events)
             for event in events:
                 canonical = self._decode(event, codec.CANONICAL_EVENT)
                 if canonical is None:
@@ -303,6 +333,7 @@ class EnvironmentPipeline:
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("orders").observe(len(events))
             batch, clock = self.order_store.batch("orders"), StreamTime()
+            batch.consumed(events)
             received: list[int] = []
             transitions: list[tuple[int, Any, Any]] = []
             for event in events:
