@@ -14,6 +14,7 @@ import json
 import os
 import random
 import re
+import signal
 from collections import defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
@@ -229,10 +230,6 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_identically(
     # The production store: the replacement restarts on the same RocksDB
     # directory, as a worker restarted on its host would.
     env = {**env, "HOOKLINE_STORE": "rocksdb"}
-    if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        # The embedded broker reports end offsets too low after multi-record
-        # batches, which Faust's RocksDB check takes for lost data.
-        env["HOOKLINE_RECOVERY_CONSISTENCY_CHECK"] = "false"
     deliveries, expected = scenario(orders=300)  # 1,800 deliveries at 400/s
     first = processes.worker(env, log_dir).start(timeout=90)
     killed = asyncio.Event()
@@ -280,6 +277,138 @@ async def test_two_workers_reach_the_same_state_as_one(
     finally:
         one.stop()
         two.stop()
+
+
+@pytest.mark.slow
+async def test_two_workers_one_killed_mid_stream_end_exact(
+    env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
+) -> None:
+    """PRODUCT v2 scenario: re-checkouts, refunds, re-serialized retries; one of two killed.
+
+    The survivor recovers the dead member's table partitions from their
+    changelogs, whose newest writes were lingered into multi-record batches:
+    recovery must read to the true end (streams/end_offsets.py).
+    """
+    one = processes.worker({**env, "HOOKLINE_DATA_DIR": str(tmp_path / "one")}, log_dir)
+    two = processes.worker({**env, "HOOKLINE_DATA_DIR": str(tmp_path / "two")}, log_dir)
+    one.start(timeout=90)
+    await asyncio.to_thread(two.start, 120)
+    deliveries, expected = scenario(orders=160)
+    try:
+        for worker in (one, two):
+            await asyncio.to_thread(worker.wait_ready, 60)
+
+        async def kill_midway(sent: int) -> None:
+            if sent == len(deliveries) // 2:
+                two.kill()  # SIGKILL: its partitions move to the survivor after the session timeout
+
+        await produce(bootstrap, deliveries, RATE_PER_S, kill_midway)
+        records = await final_records(bootstrap, expected)
+        stats = check_exact(records, expected)
+        print(f"two workers, one killed: {stats}")
+        assert metric(one, "hookline_worker_events_total") > 0
+    finally:
+        one.stop()
+        two.kill()
+
+
+@pytest.mark.slow
+async def test_killed_worker_moved_to_an_empty_data_directory_keeps_one_content_per_version(
+    env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
+) -> None:
+    """kill -9, restart on the same RocksDB disk, kill -9 again, move to an empty disk.
+
+    The local store is written only after its changelog records were
+    acknowledged, so the restarted worker's disk never knows more than the
+    changelog: the worker on the empty disk continues from the same state and
+    no (order, version) gets a second content.
+    """
+    env = {**env, "HOOKLINE_STORE": "rocksdb"}
+    disk, empty = tmp_path / "disk", tmp_path / "empty"
+    deliveries, expected = scenario(orders=240)
+    workers = [processes.worker({**env, "HOOKLINE_DATA_DIR": str(disk)}, log_dir)]
+    workers[0].start(timeout=90)
+    third = len(deliveries) // 3
+
+    async def crash(sent: int) -> None:
+        if sent in (third, 2 * third):
+            workers[-1].kill()
+            directory = disk if sent == third else empty
+            workers.append(processes.worker({**env, "HOOKLINE_DATA_DIR": str(directory)}, log_dir))
+            await asyncio.to_thread(workers[-1].start, 120)
+
+    try:
+        await produce(bootstrap, deliveries, RATE_PER_S, crash)
+        assert len(workers) == 3
+        records = await final_records(bootstrap, expected)
+        stats = check_exact(records, expected)
+        print(f"killed, restarted on its disk, killed, moved to an empty disk: {stats}")
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+def proc_state(worker: processes.ServiceProcess) -> str:
+    """The process state letter from /proc (T: stopped)."""
+    assert worker.process is not None
+    stat = Path(f"/proc/{worker.process.pid}/stat").read_text()
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+async def until_stopped(worker: processes.ServiceProcess, timeout: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while proc_state(worker) != "T":
+        assert loop.time() < deadline, f"worker did not stop itself:\n{worker.tail()}"
+        await asyncio.sleep(0.1)
+
+
+@pytest.mark.slow
+async def test_a_worker_paused_past_its_session_writes_nothing_stale(
+    env: dict[str, str], bootstrap: str, log_dir: Path
+) -> None:
+    """A worker frozen mid-batch loses its partitions, wakes up, and must not write.
+
+    Its batch was computed from state the new owner has since moved past: sent
+    late, its ``orders.state`` records would land after newer versions (the
+    compacted topic would show orders going back in time) and its changelog
+    records after the new owner's. It confirms its membership first, finds
+    itself evicted and exits (70) with nothing sent or committed.
+    """
+    session = float(env["HOOKLINE_SESSION_TIMEOUT"])
+    survivor = processes.worker(env, log_dir)
+    survivor.start(timeout=90)
+    # Stops itself (SIGSTOP) in its first orders batch with table writes,
+    # after computing the batch and before sending any of it.
+    paused = processes.worker({**env, "HOOKLINE_STOP_BEFORE_FLUSH": "orders"}, log_dir)
+    await asyncio.to_thread(paused.start, 120)
+    deliveries, expected = scenario(orders=120)
+    third = len(deliveries) // 3
+    try:
+        for worker in (survivor, paused):
+            await asyncio.to_thread(worker.wait_ready, 60)
+        await produce(bootstrap, deliveries[:third], RATE_PER_S)
+        await until_stopped(paused, 30)
+        # Past the session timeout the survivor owns every partition and moves
+        # the paused worker's orders on.
+        await asyncio.sleep(session + 2)
+        await asyncio.to_thread(survivor.wait_ready, 60)
+        await produce(bootstrap, deliveries[third : 2 * third], RATE_PER_S)
+        await asyncio.sleep(2)
+        assert paused.process is not None
+        os.kill(paused.process.pid, signal.SIGCONT)
+        code = await asyncio.to_thread(paused.process.wait, 60)
+        assert code == 70, paused.tail()
+        assert "fenced out" in paused.log(), paused.tail()
+        await produce(bootstrap, deliveries[2 * third :], RATE_PER_S)
+        # Every order exact, and no version with two contents: the state topic
+        # ends on each order's newest version, not on a late stale one.
+        records = await final_records(bootstrap, expected)
+        stats = check_exact(records, expected)
+        print(f"paused past its session: {stats}")
+    finally:
+        survivor.stop()
+        paused.kill()
 
 
 def same_partition_ids(prefix: str, like: str, partitions: int, count: int) -> list[str]:
