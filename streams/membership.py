@@ -30,6 +30,7 @@ import asyncio
 from typing import Any
 
 import aiokafka.errors as errors
+from aiokafka.client import AIOKafkaClient, ConnectionGroup
 from aiokafka.protocol.group import HeartbeatRequest
 
 #: Attempts when the coordinator cannot be reached, before the batch fails.
@@ -41,38 +42,90 @@ class Fenced(Exception):
     """This worker lost its group membership: its batch must not be sent."""
 
 
-async def confirm_membership(app: Any, generation: int) -> None:
-    """Raise :class:`Fenced` unless this member is current and read the batch in ``generation``."""
-    thread = app.consumer._thread
-    answer = await thread.call_thread(_heartbeat, thread)
-    current_generation, error = answer
-    if error is not None:
-        raise Fenced(error)
-    if generation != current_generation:
-        raise Fenced(
-            f"batch read in generation {generation}, group is at generation {current_generation}"
-        )
+class MembershipCheck:
+    """Heartbeats on the worker's own connection, from the stages' event loop.
 
+    Faust runs its consumer in a thread with its own loop; asking that thread
+    (``call_thread``) queues behind its fetches and commits, and during a
+    rebalance a commit can wait for the very batch that is asking. So the
+    check reads the member id, generation and coordinator the consumer
+    already knows (plain attributes) and sends the Heartbeat itself.
+    """
 
-async def _heartbeat(thread: Any) -> tuple[int, str | None]:
-    """Runs in the consumer's thread, where its coordinator lives."""
-    coordinator = thread._ensure_consumer()._coordinator
-    last_error: Exception | None = None
-    for attempt in range(ATTEMPTS):
-        generation, member = coordinator.generation, coordinator.member_id
-        try:
-            response = await coordinator._send_req(
-                HeartbeatRequest(coordinator.group_id, generation, member)
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self._client: AIOKafkaClient | None = None
+
+    async def confirm(self, generation: int) -> None:
+        """Raise :class:`Fenced` unless still a member, in the batch's ``generation``."""
+        coordinator = self.app.consumer._thread._ensure_consumer()._coordinator
+        last_error: Exception | None = None
+        for attempt in range(ATTEMPTS):
+            # Read together: the consumer thread may be resetting them.
+            group, current, member = (
+                coordinator.group_id,
+                coordinator.generation,
+                coordinator.member_id,
             )
-        except errors.KafkaError as exc:  # coordinator moving or unreachable: try again
-            last_error = exc
+            node = coordinator.coordinator_id
+            if node is None:
+                last_error = errors.GroupCoordinatorNotAvailableError()
+                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
+                continue
+            try:
+                client = await self._started(coordinator)
+                response = await client.send(
+                    node,
+                    HeartbeatRequest(group, current, member),
+                    group=ConnectionGroup.COORDINATION,
+                )
+            except errors.KafkaError as exc:  # coordinator moving or unreachable
+                last_error = exc
+                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
+                continue
+            error = errors.for_code(response.error_code)
+            if error in (errors.UnknownMemberIdError, errors.IllegalGenerationError):
+                raise Fenced(f"evicted from the group ({error.__name__})")
+            if error in (errors.NoError, errors.RebalanceInProgressError):
+                if generation != current:
+                    raise Fenced(
+                        f"batch read in generation {generation}, the member is in "
+                        f"generation {current}"
+                    )
+                return
+            last_error = error()
             await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
-            continue
-        error = errors.for_code(response.error_code)
-        if error in (errors.NoError, errors.RebalanceInProgressError):
-            return generation, None
-        if error in (errors.UnknownMemberIdError, errors.IllegalGenerationError):
-            return generation, f"evicted from the group ({error.__name__})"
-        last_error = error()
-        await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
-    raise errors.KafkaError(f"cannot confirm group membership: {last_error!r}")
+        raise errors.KafkaError(f"cannot confirm group membership: {last_error!r}")
+
+    async def _started(self, coordinator: Any) -> AIOKafkaClient:
+        if self._client is None:
+            source = coordinator._client
+            client = AIOKafkaClient(
+                bootstrap_servers=source._bootstrap_servers,
+                client_id=f"{source._client_id}-membership",
+                security_protocol=source._security_protocol,
+                ssl_context=source._ssl_context,
+                sasl_mechanism=source._sasl_mechanism,
+                sasl_plain_username=source._sasl_plain_username,
+                sasl_plain_password=source._sasl_plain_password,
+            )
+            await client.bootstrap()
+            self._client = client
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
+            self._client = None
+
+
+def membership(app: Any) -> MembershipCheck:
+    """The app's one check (one connection per worker)."""
+    check = getattr(app, "hookline_membership", None)
+    if check is None:
+        check = app.hookline_membership = MembershipCheck(app)
+    return check
+
+
+async def confirm_membership(app: Any, generation: int) -> None:
+    await membership(app).confirm(generation)
