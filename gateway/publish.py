@@ -12,13 +12,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from aiokafka.partitioner import DefaultPartitioner
 from hookline.core.topics import TopicSpec, ensure_topics
+from hookline.gateway.time_limit import TimeLimit
 
 log = logging.getLogger(__name__)
 
@@ -26,8 +27,35 @@ RECONNECT_DELAY_S = 1.0
 READY_CACHE_S = 1.0
 #: Sends per publish (all within the publish timeout).
 PUBLISH_ATTEMPTS = 2
-#: Kafka's default (murmur2) partitioning, applied to the ordering key.
-_PARTITIONER = DefaultPartitioner()
+_M = 0x5BD1E995
+_MASK = 0xFFFFFFFF
+_WORDS = struct.Struct("<I")
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's default partitioner hash (the Java client's murmur2), as aiokafka's.
+
+    The same numbers as ``aiokafka.partitioner.murmur2``, in half its time:
+    whole 32-bit words are unpacked at once instead of assembled byte by byte.
+    Partitioning by the ordering key with it keeps the partition every other
+    Kafka client would pick for that key.
+    """
+    length = len(data)
+    h = 0x9747B28C ^ length
+    whole = length & ~3
+    for (k,) in _WORDS.iter_unpack(data[:whole]):
+        k = k * _M & _MASK
+        k = (k ^ k >> 24) * _M & _MASK
+        h = h * _M & _MASK ^ k
+    rest = length & 3
+    if rest:
+        if rest == 3:
+            h ^= data[whole + 2] << 16
+        if rest >= 2:
+            h ^= data[whole + 1] << 8
+        h = (h ^ data[whole]) * _M & _MASK
+    h = (h ^ h >> 13) * _M & _MASK
+    return h ^ h >> 15
 
 
 class Unavailable(Exception):
@@ -55,6 +83,10 @@ class Publisher:
         self._ready_at = 0.0
         self._topics_checked = False
         self._topics_lock = asyncio.Lock()
+        self._time_limit = TimeLimit(timeout_s)
+        #: Each topic's partition ids, sorted: what aiokafka's metadata says,
+        #: kept until the metadata changes (emptied by a cluster listener).
+        self._partition_ids: dict[str, list[int]] = {}
 
     async def start(self) -> None:
         """Connect in the background: the gateway serves (503) while Kafka is away."""
@@ -69,6 +101,13 @@ class Publisher:
                 acks="all",
                 enable_idempotence=False,
                 linger_ms=0,
+                # One produce request per broker is in flight at a time, and it
+                # carries one batch per partition: with the default 16 KiB,
+                # deliveries to a busy partition waited for several round trips
+                # (8 vignette-sales records of 2 KiB per request). A batch may
+                # now take everything that arrived meanwhile, up to what the
+                # raw topic accepts (its max.message.bytes is max_record_bytes).
+                max_batch_size=self._max_record_bytes,
                 request_timeout_ms=int(max(self.timeout_s, 1.0) * 1000),
                 retry_backoff_ms=100,
                 max_request_size=self._max_record_bytes,
@@ -86,6 +125,7 @@ class Publisher:
                     )
                 await asyncio.sleep(RECONNECT_DELAY_S)
                 continue
+            producer.client.cluster.add_listener(lambda cluster: self._partition_ids.clear())
             self._producer = producer
             self._topics_checked = True
             log.info("connected to Kafka at %s", self._bootstrap)
@@ -136,12 +176,15 @@ class Publisher:
         if producer is None:
             raise Unavailable("not connected to Kafka")
         try:
-            async with asyncio.timeout(self.timeout_s):
+            with self._time_limit.use():
                 for attempt in range(PUBLISH_ATTEMPTS):
                     if not self._topics_checked:
                         await self._recheck_topics(producer)
-                    partitions = sorted(await producer.partitions_for(topic))
-                    partition = _PARTITIONER(ordering_key, partitions, partitions)
+                    partitions = self._partition_ids.get(topic)
+                    if partitions is None:
+                        partitions = sorted(await producer.partitions_for(topic))
+                        self._partition_ids[topic] = partitions
+                    partition = partitions[(murmur2(ordering_key) & 0x7FFFFFFF) % len(partitions)]
                     try:
                         await producer.send_and_wait(topic, value, key=key, partition=partition)
                         return
@@ -149,6 +192,7 @@ class Publisher:
                         # Stale metadata (a topic re-created with other
                         # partitions, a moved leader): look again, then retry.
                         self._topics_checked = False
+                        self._partition_ids.clear()
                         if attempt + 1 == PUBLISH_ATTEMPTS:
                             raise
         except TimeoutError:

@@ -10,6 +10,8 @@ sees it (a bad Content-Length, a broken request line) gets the same
 
 from __future__ import annotations
 
+import gc
+
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -38,6 +40,12 @@ class JsonErrorsProtocol(HttpToolsProtocol):
 
 
 def serve(app: FastAPI, host: str, port: int, forwarded_allow_ips: str | None) -> None:
+    # Everything imported and built so far (FastAPI, pydantic, aiokafka, the
+    # schemas: ~70 000 objects) lives as long as the process. Frozen, the
+    # cyclic GC no longer walks it in each full collection, which otherwise
+    # stalled every request in flight for tens of milliseconds under load.
+    gc.collect()
+    gc.freeze()
     uvicorn.run(
         app,
         host=host,

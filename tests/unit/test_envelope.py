@@ -7,7 +7,7 @@ import time
 import uuid
 
 import pytest
-from hookline.gateway.envelope import KEPT_HEADERS, new_delivery_id, raw_envelope
+from hookline.gateway.envelope import KEPT_HEADERS, EnvelopeEncoder, new_delivery_id, raw_envelope
 from hookline.schemas import codec
 from starlette.datastructures import Headers
 
@@ -145,3 +145,57 @@ def test_verification_method_is_recorded(verify: str) -> None:
     record = envelope({}, source=source("s", "envelope", verify, (b"k",)))
     assert record["verification"] == verify
     assert record["kind"] == "envelope"
+
+
+# -- EnvelopeEncoder: what the gateway writes, byte for byte codec.encode's ------------------
+
+
+def random_text(rng: random.Random, longest: int) -> str:
+    alphabet = "abcXYZ09-_/:;= \u00e9\u00ff\u0100\u20ac\U0001f600"
+    return "".join(rng.choice(alphabet) for _ in range(rng.randrange(longest)))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_envelope_encoder_writes_what_codec_encode_writes(seed: int) -> None:
+    rng = random.Random(seed)
+    src = source(
+        random_text(rng, 40) or "s",
+        rng.choice(["partner", "vignette-sales", "payments", "envelope"]),
+        rng.choice(["token", "hmac-sha256", "jwt-hs256", "standard-webhooks", "none"]),
+        environment=rng.choice(["production", "sandbox"]),
+    )
+    encoder = EnvelopeEncoder(src)
+    for _ in range(20):
+        received_at = rng.choice([0, 1, 63, 64, 8191, 8192, T0, 2**47 + rng.randrange(1000)])
+        body = rng.randbytes(rng.choice([0, 1, 63, 64, 200, 8191, 8192, 70_000]))
+        names = [*KEPT_HEADERS, *SECRET_HEADERS, "x-forwarded-for"]
+        headers = {name: random_text(rng, 700) for name in names if rng.random() < 0.5}
+        client_ip = rng.choice([None, "127.0.0.1", "2001:db8::1", ""])
+        delivery_id = new_delivery_id(received_at)
+        ours = encoder.encode(delivery_id, received_at, body, headers, client_ip)
+        record = raw_envelope(src, body, headers, client_ip, received_at, delivery_id)
+        assert ours == codec.encode(codec.WEBHOOK_ENVELOPE, record)
+        assert codec.decode_as(codec.WEBHOOK_ENVELOPE, ours) == record
+
+
+def test_the_envelope_encoder_refuses_to_start_when_it_disagrees_with_the_codec(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    real = codec.encode
+
+    def changed(name: str, record: dict[str, object]) -> bytes:
+        return real(name, {**record, "headers": {}})  # as if a field's encoding changed
+
+    monkeypatch.setattr(codec, "encode", changed)
+    with pytest.raises(RuntimeError, match="disagrees"):
+        EnvelopeEncoder(source("partner"))
+
+
+def test_the_envelope_encoder_keeps_no_secret_header() -> None:
+    encoder = EnvelopeEncoder(source("partner"))
+    encoded = encoder.encode(
+        new_delivery_id(T0), T0, b"{}", {**SECRET_HEADERS, **USEFUL_HEADERS}, None
+    )
+    for value in SECRET_HEADERS.values():
+        assert value.encode() not in encoded
+    assert codec.decode_as(codec.WEBHOOK_ENVELOPE, encoded)["headers"] == USEFUL_HEADERS

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -27,11 +26,12 @@ from hookline.gateway.body import (
     Busy,
     ClientGone,
     parse_object,
-    read_limited,
+    read_body,
 )
 from hookline.gateway.throttled_log import ThrottledLog
+from hookline.gateway.time_limit import TimeLimit
 from hookline.gateway.verify import JWT_BODY_LIMIT
-from starlette.requests import ClientDisconnect
+from starlette.types import Message, Receive
 
 from tests.unit.helpers import PAYLOADS, ctx, payload, source
 
@@ -175,40 +175,65 @@ def test_refusal_reasons_never_echo_the_body() -> None:
 # -- reading the body: timeout, budget, a client that leaves --------------------------
 
 
-async def trickle(chunks: list[bytes], pause_s: float) -> AsyncIterator[bytes]:
-    for chunk in chunks:
-        yield chunk
-        await asyncio.sleep(pause_s)
+def trickle(chunks: list[bytes], pause_s: float) -> Receive:
+    """An ASGI receive channel serving ``chunks`` with a pause before each after the first."""
+    sent = 0
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            await asyncio.sleep(pause_s)
+        sent += 1
+        more = sent < len(chunks)
+        return {"type": "http.request", "body": chunks[sent - 1], "more_body": more}
+
+    return receive
 
 
 async def test_a_body_that_stops_arriving_times_out() -> None:
     with pytest.raises(BodyTimeout):
-        await read_limited(trickle([b"{"] * 100, 0.05), None, 1000, timeout_s=0.2)
+        await read_body(trickle([b"{"] * 100, 0.05), 1000, time_limit=TimeLimit(0.2))
+
+
+async def test_a_body_that_never_starts_times_out() -> None:
+    async def silent() -> Message:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    with pytest.raises(BodyTimeout):
+        await read_body(silent, 1000, time_limit=TimeLimit(0.1))
 
 
 async def test_a_body_that_arrives_in_time_is_read() -> None:
-    body = await read_limited(trickle([b"{", b"}"], 0.01), None, 1000, timeout_s=2)
+    body = await read_body(trickle([b"{", b"}"], 0.01), 1000, time_limit=TimeLimit(2))
     assert body == b"{}"
 
 
-async def disconnecting() -> AsyncIterator[bytes]:
-    yield b"{"
-    raise ClientDisconnect
+def disconnecting() -> Receive:
+    messages: list[Message] = [
+        {"type": "http.request", "body": b"{", "more_body": True},
+        {"type": "http.disconnect"},
+    ]
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    return receive
 
 
 async def test_a_client_that_leaves_mid_body_is_client_gone() -> None:
     with pytest.raises(ClientGone):
-        await read_limited(disconnecting(), None, 1000, timeout_s=1)
+        await read_body(disconnecting(), 1000, time_limit=TimeLimit(1))
 
 
 async def test_the_budget_refuses_bytes_past_it_and_is_given_back() -> None:
     levels: list[int] = []
     budget = BodyBudget(10, levels.append)
     with budget.hold() as first:
-        await read_limited(trickle([b"abcd", b"efg"], 0), None, 100, hold=first)
+        await read_body(trickle([b"abcd", b"efg"], 0), 100, hold=first)
         assert budget.used == 7
         with budget.hold() as second, pytest.raises(Busy):
-            await read_limited(trickle([b"12", b"34"], 0), None, 100, hold=second)
+            await read_body(trickle([b"12", b"34"], 0), 100, hold=second)
         assert budget.used == 7  # the refused body's bytes were given back
     assert budget.used == 0
     assert levels[-1] == 0
@@ -218,7 +243,7 @@ async def test_the_budget_refuses_bytes_past_it_and_is_given_back() -> None:
 async def test_the_budget_is_given_back_when_reading_fails() -> None:
     budget = BodyBudget(100)
     with budget.hold() as hold, pytest.raises(BodyTimeout):
-        await read_limited(trickle([b"x" * 10] * 5, 0.1), None, 1000, timeout_s=0.15, hold=hold)
+        await read_body(trickle([b"x" * 10] * 5, 0.1), 1000, time_limit=TimeLimit(0.15), hold=hold)
     assert budget.used == 0
 
 

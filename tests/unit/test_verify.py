@@ -9,6 +9,7 @@ import json
 import time
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlencode
 
 import jwt
 import pytest
@@ -20,7 +21,7 @@ from hookline.gateway.verify import (
     repeated_input,
     verifier_for,
 )
-from starlette.datastructures import Headers, QueryParams
+from hookline.gateway.webhooks import RequestHead, read_head
 
 from tests.support.signing import standard_webhooks_headers
 from tests.unit.helpers import payload, payload_bytes, source
@@ -500,10 +501,11 @@ def test_jwt_precheck_passes_everything_the_body_must_decide() -> None:
     payments_verifier(JWT_KEY).precheck(incoming(b""))
 
 
-def multi(pairs: list[tuple[str, str]]) -> tuple[QueryParams, Headers]:
-    # As the server hands them over: header names lowercased (ASGI).
-    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
-    return QueryParams(pairs), Headers(raw=raw)
+def head_of(query: list[tuple[str, str]], headers: list[tuple[str, str]]) -> RequestHead:
+    """The gateway's reading of a request, as the server hands it over (ASGI scope)."""
+    # Header names lower-cased, as ASGI servers give them.
+    raw = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+    return read_head({"type": "http", "headers": raw, "query_string": urlencode(query).encode()})
 
 
 @pytest.mark.parametrize(
@@ -519,18 +521,28 @@ def multi(pairs: list[tuple[str, str]]) -> tuple[QueryParams, Headers]:
 def test_a_verification_input_given_twice_is_named(
     query: list[tuple[str, str]], headers: list[tuple[str, str]], named: str
 ) -> None:
-    params, _ = multi(query)
-    _, head = multi(headers)
-    found = repeated_input(params, head)
+    found = head_of(query, headers).repeated
     assert found is not None
     assert named in found
     assert TOKEN not in found
 
 
 def test_single_inputs_and_other_repeated_names_are_not_ambiguous() -> None:
-    params, _ = multi([("token", TOKEN), ("other", "1"), ("other", "2")])
-    _, head = multi([("x-signature", "a" * 64), ("accept", "a"), ("accept", "b")])
-    assert repeated_input(params, head) is None
+    head = head_of(
+        [("token", TOKEN), ("other", "1"), ("other", "2")],
+        [("x-signature", "a" * 64), ("accept", "a"), ("accept", "b")],
+    )
+    assert head.repeated is None
+    assert head.query["token"] == TOKEN
+    assert head.headers["accept"] == "a"  # the first value, as Starlette's Headers.get
+
+
+def test_a_repeated_token_is_named_before_a_repeated_header() -> None:
+    head = head_of([("token", "forged"), ("token", TOKEN)], [("X-Signature", "a" * 64)] * 2)
+    # Both repeated: the query parameter is named, as before the headers.
+    assert head.repeated == "query parameter 'token'"
+    assert repeated_input({"token"}, {"x-signature"}) == head.repeated
+    assert repeated_input(set(), {"webhook-id", "x-signature"}) == "header 'x-signature'"
 
 
 @pytest.mark.parametrize(
