@@ -23,12 +23,13 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.partitioner import DefaultPartitioner
 from hookline.core.adapters import ordering_key, partner
 from hookline.core.settings import DEV_SOURCES
 from hookline.core.sources import Source, load_sources
 from hookline.infra.broker import EmbeddedBroker
+from hookline.streams.end_offsets import fetched_end_offsets
 
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
@@ -190,7 +191,36 @@ async def final_records(bootstrap: str, expected: dict[str, dict[str, Any]]) -> 
             bootstrap, "production.orders.state", "production.orders.changes", idle=3.0
         )
         wrong = mismatches(records)
-        raise AssertionError(f"{len(wrong)} orders not exact, e.g. {wrong[:3]}") from None
+        progress = await committed_against_ends(bootstrap)
+        raise AssertionError(
+            f"{len(wrong)} orders not exact, e.g. {wrong[:3]}; "
+            f"inputs committed/end per partition (a stall leaves a gap, a loss does not): "
+            f"{progress}"
+        ) from None
+
+
+async def committed_against_ends(bootstrap: str) -> dict[str, str]:
+    """The worker group's committed offset against each input partition's end.
+
+    Said when a scenario fails: all inputs committed means the missing facts
+    were lost on the way; a partition short of its end means it stalled.
+    """
+    topics = ["production.webhooks.raw", "production.hookline.transaction-facts"]
+    topics.append("production.hookline.order-inputs")
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id="hookline")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(t, p) for t in topics for p in range(4)]
+        listed = await consumer.end_offsets(partitions)
+        ends = await fetched_end_offsets({"bootstrap_servers": bootstrap}, listed)
+        return {
+            f"{tp.topic.rsplit('.', 1)[1]}[{tp.partition}]": (
+                f"{await consumer.committed(tp)}/{ends[tp]}"
+            )
+            for tp in partitions
+        }
+    finally:
+        await consumer.stop()
 
 
 def check_exact(records: list[Record], expected: dict[str, dict[str, Any]]) -> dict[str, int]:
