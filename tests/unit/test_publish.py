@@ -7,7 +7,7 @@ import random
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.partitioner import murmur2 as aiokafka_murmur2
-from hookline.gateway.publish import murmur2
+from hookline.core.partitioner import murmur2
 
 
 @pytest.mark.parametrize("length", range(0, 70))
