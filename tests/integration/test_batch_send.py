@@ -69,7 +69,7 @@ async def test_batches_land_where_the_default_partitioner_puts_each_key(
         records = await read_all(bootstrap, topic, len(wanted))
         assert len(records) == len(wanted)
         by_partition: dict[int, list[bytes]] = defaultdict(list)
-        for partition, offset, key, value in sorted(records):
+        for partition, _offset, key, value in sorted(records):
             by_partition[partition].append(value)
             if topic == keyed:
                 assert partition == partitioner(key, every, every), key
