@@ -8,7 +8,9 @@ would compare with, so it is the baseline: the same dicts, the same process,
 ``json.dumps(record).encode()`` then ``json.loads``. A third row, fastavro's
 schemaless writer/reader called directly, shows what the codec's own wrapper
 (single-object header, unknown-field check, fingerprint lookup, trailing-byte
-check) adds on top of fastavro.
+check) adds on top of fastavro when decoding; the codec encodes with writers
+compiled per schema (schemas/avro_writer.py), so its encode rows compare those
+with fastavro's generic writer.
 
 The records are real ones: a partner ORDER_STATUS_CHANGED body mapped by the
 partner adapter (CanonicalEvent) and the second change of that order after a

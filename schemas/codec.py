@@ -33,6 +33,7 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import UnknownType, fingerprint, load_schema, to_parsing_canonical_form
+from hookline.schemas.avro_writer import UnsupportedSchema, Writer, compile_writer
 
 SCHEMA_DIR = Path(__file__).resolve().parent
 RELEASED_DIR = SCHEMA_DIR / "released"
@@ -204,6 +205,16 @@ class Registry:
                 self._reader[fp] = target.plain if target is not None else None
             self._by_fingerprint[fp] = schema
 
+        # What encode needs per current schema: its fields and its compiled
+        # writer (header included), or None where fastavro writes it instead.
+        self._writers: dict[str, tuple[Schema, Writer | None]] = {}
+        for name, schema in self._by_name.items():
+            try:
+                writer: Writer | None = compile_writer(schema.plain, schema.header, name)
+            except UnsupportedSchema:
+                writer = None
+            self._writers[name] = (schema, writer)
+
     def __iter__(self) -> Iterator[Schema]:
         """The current schemas (one per full name), the ones ``encode`` writes."""
         return iter(self._by_name.values())
@@ -226,10 +237,27 @@ class Registry:
             raise CodecError(f"unknown writer schema fingerprint {bytes(fp).hex()}") from None
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
-        schema = self.schema(name)
-        unknown = record.keys() - schema.fields
-        if unknown:  # fastavro would drop them silently: a typo must not lose data
+        try:
+            schema, writer = self._writers[name]
+        except KeyError:
+            raise CodecError(f"no schema named {name!r} in {SCHEMA_DIR}") from None
+        # fastavro would drop unknown fields silently: a typo must not lose data.
+        if not record.keys() <= schema.fields:
+            unknown = record.keys() - schema.fields
             raise CodecError(f"{name} has no field(s) {sorted(unknown)}")
+        if writer is None:
+            return self._fastavro_encode(schema, record)
+        try:
+            return writer(record)
+        except Exception as exc:
+            # A value the writer refuses. Let fastavro say why, naming the field
+            # (its exception is what encode raised before the compiled writer);
+            # if fastavro would write it, it coerces a wrong type: still refused.
+            self._fastavro_encode(schema, record)
+            raise CodecError(f"{name}: {exc}") from exc
+
+    @staticmethod
+    def _fastavro_encode(schema: Schema, record: Mapping[str, Any]) -> bytes:
         out = io.BytesIO()
         out.write(schema.header)
         # Not strict: fields left out take their schema default (strict mode in
