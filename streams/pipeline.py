@@ -40,6 +40,7 @@ from hookline.streams.metrics import WorkerMetrics
 from hookline.streams.normalize import DeadLetter, dead_letter, normalize
 from hookline.streams.order_state import apply_event, apply_update, retire
 from hookline.streams.routing import routes
+from hookline.streams.take import batches
 
 log = logging.getLogger("hookline.worker")
 
@@ -53,7 +54,6 @@ class PipelineConfig:
     order_retention_ms: int
     max_json_depth: int = 32
     batch_max: int = 500
-    batch_within_s: float = 0.02
     #: Where persistent stores keep their fences (None: the store is memory).
     fence_dir: Path | None = None
 
@@ -228,7 +228,7 @@ class EnvironmentPipeline:
         return StateTable(table, schema, self.metrics.expired.labels(self.env, name), on_expired)
 
     def _batches(self, stream: StreamT) -> Any:
-        return stream.take_events(self.config.batch_max, within=self.config.batch_within_s)
+        return batches(stream, self.config.batch_max)
 
     # -- stage 1: raw -> canonical, deduplicated events -------------------------
     async def intake(self, stream: StreamT) -> None:

@@ -1,0 +1,160 @@
+"""streams/take.py: which events a stage gets, and when they are acked.
+
+The rules are checked against small stand-ins for the few Faust objects the
+function touches (an app's flow control, generation and pending set; a
+channel's queue; events with messages): Kafka plays no part in them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from hookline.streams.take import FIRST_BATCH, batches
+
+TOPIC = "production.webhooks.raw"
+
+
+@dataclass(eq=False)
+class Message:
+    offset: int
+    generation_id: int
+    topic: str = TOPIC
+    tracked: bool = False
+
+
+@dataclass(eq=False)
+class Event:
+    message: Message
+    acked: list[int]
+
+    def ack(self) -> bool:
+        self.acked.append(self.message.offset)
+        return True
+
+
+@dataclass
+class Flow:
+    active: bool = True
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+@dataclass
+class Channel:
+    queue: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+
+    def __aiter__(self) -> Channel:
+        return self
+
+    async def __anext__(self) -> Event:  # never called: batches() reads the queue
+        raise AssertionError("read through the queue")
+
+
+@dataclass
+class Stage:
+    """A stream as batches() sees it: ``stream.app`` and ``stream.channel``."""
+
+    channel: Channel = field(default_factory=Channel)
+    acked: list[int] = field(default_factory=list)
+    generation: int = 3
+
+    def __post_init__(self) -> None:
+        consumer = type("Consumer", (), {"unacked": set()})()
+        topics = type("Topics", (), {"acking_topics": {TOPIC}})()
+        self.app: Any = type("App", (), {})()
+        self.app.consumer, self.app.topics = consumer, topics
+        self.app.flow_control = Flow()
+        self.app.consumer_generation_id = self.generation
+
+    def put(self, *offsets: int, generation: int | None = None) -> None:
+        for offset in offsets:
+            message = Message(offset, self.generation if generation is None else generation)
+            self.channel.queue.put_nowait(Event(message, self.acked))
+
+
+def offsets(events: list[Any]) -> list[int]:
+    return [event.message.offset for event in events]
+
+
+async def test_a_batch_is_what_is_queued_up_to_the_maximum_in_order() -> None:
+    stage = Stage()
+    stage.put(*range(7))
+    taken = batches(stage, max_events=5)  # type: ignore[arg-type]
+    assert offsets(await anext(taken)) == [0, 1, 2, 3, 4]
+    assert offsets(await anext(taken)) == [5, 6]
+
+
+async def test_events_are_acked_only_when_the_next_batch_is_asked_for() -> None:
+    stage = Stage()
+    stage.put(0, 1)
+    taken = batches(stage, max_events=10)  # type: ignore[arg-type]
+    first = await anext(taken)
+    assert stage.acked == []  # being processed: not acked
+    assert all(event.message.tracked for event in first)  # a rebalance waits for them
+    assert {e.message for e in first} <= stage.app.consumer.unacked
+    stage.put(2)
+    assert offsets(await anext(taken)) == [2]
+    assert stage.acked == [0, 1]
+
+
+async def test_a_batch_that_failed_is_never_acked() -> None:
+    stage = Stage()
+    stage.put(0, 1)
+
+    async def process() -> None:
+        async for _ in batches(stage, max_events=10):  # type: ignore[arg-type]
+            raise RuntimeError("send failed")
+
+    with pytest.raises(RuntimeError):
+        await process()
+    assert stage.acked == []
+
+
+async def test_events_of_an_earlier_generation_are_dropped_unacked() -> None:
+    stage = Stage()
+    stage.put(0, 1, generation=2)  # fetched before the last rebalance
+    stage.put(2, 3)
+    taken = batches(stage, max_events=10)  # type: ignore[arg-type]
+    assert offsets(await anext(taken)) == [2, 3]
+    stage.put(4)
+    await anext(taken)
+    assert stage.acked == [2, 3]  # never 0 or 1: a commit must not pass them
+    assert all(message.offset >= 2 for message in stage.app.consumer.unacked)  # nor pending
+
+
+async def test_events_taken_while_the_flow_is_paused_are_dropped_unacked() -> None:
+    stage = Stage()
+    stage.put(0, 1)
+    stage.app.flow_control.active = False  # a rebalance in progress
+    taken = batches(stage, max_events=10)  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(anext(taken))
+    await asyncio.sleep(0.01)
+    assert not waiting.done()  # nothing to process: still waiting
+    stage.app.flow_control.active = True
+    stage.put(5)
+    assert offsets(await asyncio.wait_for(waiting, 1)) == [5]
+    assert stage.acked == []
+
+
+async def test_an_idle_stage_waits_for_its_first_event_without_a_timer() -> None:
+    stage = Stage()
+    taken = batches(stage, max_events=10)  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(anext(taken))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    stage.put(9)
+    assert offsets(await asyncio.wait_for(waiting, 1)) == [9]
+
+
+async def test_batches_ramp_up_under_load_and_start_small_again_after_a_lull() -> None:
+    stage = Stage()
+    stage.put(*range(200))
+    taken = batches(stage, max_events=100)  # type: ignore[arg-type]
+    sizes = [len(await anext(taken)) for _ in range(4)]
+    assert sizes == [FIRST_BATCH, 2 * FIRST_BATCH, 100, 200 - 100 - 3 * FIRST_BATCH]
+    stage.put(*range(200, 400))  # after the queue ran dry: small again
+    assert len(await anext(taken)) == FIRST_BATCH
