@@ -35,9 +35,11 @@ and Faust acks a ``take_events`` batch when its generator is closed, even
 after an exception; so a failure ends the process at once (see
 :func:`streams.pipeline.fatal`), before anything can be acked.
 
-Faust stores a table key, and writes its changelog, in the partition of the
-*current event*. A batch spans several partitions, so each write is made in
-the context of the input event that caused it: every input touching a table
+A table key lives in one partition (one RocksDB database per partition) and
+its changelog records go to that partition. A batch spans several
+partitions, so each read and write names the partition of the input event
+that caused it (Faust's table API would take it from its "current event"
+context variable): every input touching a table
 key arrives on that key's partition (tables transactions and orders are keyed
 like their input topic; a dedup entry lives in the partition of its
 delivery's ordering key, which all retries of the delivery share).
@@ -48,16 +50,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import weakref
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
-from faust.streams import _current_event
 from faust.types import TP, EventT, TableT, TopicT
 from hookline.core.partitioner import murmur2
 from hookline.streams.fencing import generation_header
@@ -76,16 +75,6 @@ _STOP_BEFORE_FLUSH = set(filter(None, os.environ.get("HOOKLINE_STOP_BEFORE_FLUSH
 
 #: Marks a key to delete in :class:`Batch` writes.
 DELETE = object()
-
-
-@contextmanager
-def in_partition_of(event: EventT) -> Iterator[None]:
-    """Make ``event`` Faust's current event, so table I/O targets its partition."""
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
 
 
 async def send_acknowledged(
@@ -173,8 +162,7 @@ class Batch:
         if pending is not None:
             value = pending[1]
             return None if value is DELETE else value
-        with in_partition_of(event):
-            stored = self.table.get(key)
+        stored = _read(self.table.data, key, event.message.partition)
         return None if stored is None else self._decode(stored)
 
     def put(self, event: EventT, key: bytes, value: Any) -> None:
@@ -233,14 +221,10 @@ class Batch:
         )
         store: Any = table.data
         for key, event, encoded in writes:
-            with in_partition_of(event):
-                if encoded is None:
-                    _delete(store, key, event.message.partition)
-                else:
-                    store[key] = encoded
-                    partitions = getattr(store, "_key_partition", None)
-                    if partitions is not None:  # memory store: remember for expiry
-                        partitions[key] = event.message.partition
+            if encoded is None:
+                _delete(store, key, event.message.partition)
+            else:
+                _write(store, key, encoded, event.message.partition)
         if writes:
             newest = {p: offset for (topic, p), offset in last.items() if topic == changelog}
             for partition, offset in newest.items():
@@ -251,6 +235,26 @@ class Batch:
                 )
         self._sends.clear()
         self._writes.clear()
+
+
+# The store, by partition, directly. Faust's table API finds the partition
+# from a context variable (the current event) through several layers: setting
+# it and going through them for every read and write cost ~5 % of the CPU.
+
+
+def _read(store: Any, key: bytes, partition: int) -> bytes | None:
+    if hasattr(store, "_db_for_partition"):  # RocksDB: one database per partition
+        value: bytes | None = store._db_for_partition(partition).get(key)
+        return value
+    return store.data.get(key)  # type: ignore[no-any-return]  # memory
+
+
+def _write(store: Any, key: bytes, value: bytes, partition: int) -> None:
+    if hasattr(store, "_db_for_partition"):
+        store._db_for_partition(partition).put(key, value)
+    else:  # memory; the key's partition, for expiry and a partition's hand-over
+        store.data[key] = value
+        store._key_partition[key] = partition
 
 
 def _delete(store: Any, key: bytes, partition: int) -> None:
