@@ -36,6 +36,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from hookline.streams.end_offsets import fetched_end_offsets
+from hookline.streams.positions import Positions, Verdict
 from mode import ServiceT
 
 FETCH_MAX_WAIT_MS = 20
@@ -68,8 +69,81 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
 
 
 class Consumer(driver.Consumer):
+    #: The next offset to deliver per input partition (streams/positions.py).
+    positions: Positions[TP]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.positions = Positions()
+
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
+        self.positions.forget(revoked)
+        await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        self.positions.forget(assigned)
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    async def perform_seek(self) -> None:
+        """Seek every assigned partition: to its committed offset, else to the log start.
+
+        Faust's version relies on aiokafka's ``seek_to_committed``, which seeks
+        only partitions whose committed offset is above 0 and leaves the others
+        where earlier fetches moved them (their records dropped meanwhile).
+        """
+        committed = await self.seek_to_committed()
+        unsought = [tp for tp, offset in committed.items() if not offset or offset < 0]
+        starts = await self.earliest_offsets(*unsought) if unsought else {}
+        positions = {tp: offset for tp, offset in committed.items() if offset and offset > 0}
+        for tp in unsought:
+            # No committed offset: from the start, as consumer_auto_offset_reset="earliest".
+            positions[tp] = max(starts.get(tp) or 0, 0)
+            await self._seek(tp, positions[tp])
+        # Faust's own bookkeeping, as its perform_seek keeps it.
+        self._read_offset.update(
+            {
+                tp: offset if offset is not None and offset >= 0 else None
+                for tp, offset in committed.items()
+            }
+        )
+        self._committed_offset.update(
+            {
+                tp: offset if offset else None
+                for tp, offset in committed.items()
+                if offset is not None
+            }
+        )
+        self.positions.expect(positions)
+
+    async def _seek_back(self, tp: TP, expected: int, got: int) -> None:
+        """Records ``expected``..``got - 1`` were fetched but never delivered: read them again."""
+        start = (await self.earliest_offsets(tp)).get(tp) or 0
+        if start > expected:  # gone from the log (retention): nothing to read again
+            self.log.warning(
+                "%s[%s]: offsets %s..%s are no longer in the log; continuing at %s",
+                tp.topic,
+                tp.partition,
+                expected,
+                start - 1,
+                start,
+            )
+            await self._add_gap(tp, expected, start - 1)
+            expected = start
+        else:
+            self.log.warning(
+                "%s[%s]: got offset %s where %s was due; reading again from %s",
+                tp.topic,
+                tp.partition,
+                got,
+                expected,
+                expected,
+            )
+        self.positions.expect({tp: expected})
+        self.positions.check(tp, got)  # resuming: drop what was fetched before the seek
+        await self._seek(tp, expected)
 
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
         """Faust's loop (faust/transport/consumer.py), with one race per fetch."""
@@ -83,17 +157,27 @@ class Consumer(driver.Consumer):
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
 
+        positions = self.positions
+        check, delivered = positions.check, positions.delivered
+        DELIVER, SKIPPED = Verdict.DELIVER, Verdict.SKIPPED
+
         async def deliver(fetched: list[tuple[TP, Any]]) -> None:
             for index, (tp, message) in enumerate(fetched):
                 if index and not index % YIELD_EVERY:
                     await asyncio.sleep(0)  # let other tasks in, as Faust does
                 offset = message.offset
+                if acks_enabled_for(message.topic):  # an input: no holes in its offsets
+                    verdict = check(tp, offset)
+                    if verdict is DELIVER:
+                        await callback(message)
+                        set_read_offset(tp, offset)
+                        delivered(tp, offset)
+                    elif verdict is SKIPPED:
+                        await self._seek_back(tp, positions.expected(tp) or 0, offset)
+                    continue
+                # Changelogs and the like: Faust's rule (never an acked gap there).
                 r_offset = get_read_offset(tp)
                 if r_offset is None or offset >= r_offset:
-                    # A gap in the offsets read (compaction, transaction markers).
-                    gap = offset - (r_offset or 0) > 1 and r_offset
-                    if gap and acks_enabled_for(message.topic):
-                        await self._add_gap(tp, r_offset + 1, offset)  # type: ignore[operator]
                     await callback(message)
                     set_read_offset(tp, offset)
 

@@ -1,0 +1,67 @@
+"""streams/positions.py: an input record is delivered only in offset order, none skipped."""
+
+from __future__ import annotations
+
+from hookline.streams.positions import RESEEK_AFTER_S, Positions, Verdict
+
+TP = ("production.hookline.transaction-facts", 0)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_records_are_delivered_in_order_from_where_faust_sought() -> None:
+    positions: Positions[tuple[str, int]] = Positions()
+    positions.expect({TP: 149})
+    for offset in range(149, 152):
+        assert positions.check(TP, offset) is Verdict.DELIVER
+        positions.delivered(TP, offset)
+    assert positions.expected(TP) == 152
+
+
+def test_a_jump_is_never_delivered_but_read_again_from_the_expected_offset() -> None:
+    """The failure seen: sought to 149, the next record fetched was 229."""
+    clock = Clock()
+    positions: Positions[tuple[str, int]] = Positions(clock)
+    positions.expect({TP: 149})
+    assert positions.check(TP, 229) is Verdict.SKIPPED
+    # Records fetched before the seek back took effect are dropped, not delivered.
+    assert positions.check(TP, 230) is Verdict.RESUMING
+    # The seek took effect: 149 comes back and delivery resumes in order.
+    assert positions.check(TP, 149) is Verdict.DELIVER
+    positions.delivered(TP, 149)
+    assert positions.check(TP, 150) is Verdict.DELIVER
+
+
+def test_a_seek_back_that_did_not_take_effect_is_repeated() -> None:
+    clock = Clock()
+    positions: Positions[tuple[str, int]] = Positions(clock)
+    positions.expect({TP: 10})
+    assert positions.check(TP, 20) is Verdict.SKIPPED
+    clock.now += RESEEK_AFTER_S / 2
+    assert positions.check(TP, 21) is Verdict.RESUMING
+    clock.now += RESEEK_AFTER_S
+    assert positions.check(TP, 22) is Verdict.SKIPPED
+
+
+def test_records_before_the_expected_offset_were_delivered_already() -> None:
+    positions: Positions[tuple[str, int]] = Positions()
+    positions.expect({TP: 50})
+    assert positions.check(TP, 49) is Verdict.OLD
+
+
+def test_an_unknown_partition_delivers_until_faust_seeks_it() -> None:
+    positions: Positions[tuple[str, int]] = Positions()
+    assert positions.check(TP, 7) is Verdict.DELIVER  # assigned, not sought yet
+    positions.delivered(TP, 7)
+    positions.forget([TP])  # revoked, or assigned again
+    assert positions.expected(TP) is None
+    assert positions.check(TP, 300) is Verdict.DELIVER
+    positions.delivered(TP, 300)
+    positions.expect({TP: 8})  # Faust seeks to the committed offset: 300 came too early
+    assert positions.check(TP, 301) is Verdict.SKIPPED
