@@ -17,8 +17,14 @@ So the consumer keeps the next expected offset of each input partition
 each delivery. A record beyond it is not delivered: the partition is sought
 back to the expected offset and read again (:attr:`Verdict.SKIPPED`); records
 of the partition that were fetched before the seek took effect are dropped
-meanwhile (:attr:`Verdict.RESUMING`). A record before it was delivered
-already (:attr:`Verdict.OLD`).
+meanwhile (:attr:`Verdict.RESUMING`). Records dropped last, with nothing
+after them to show the jump, are found by comparing the client's fetch
+position with the expected offset once a second (:meth:`Positions.overtaken`).
+A record before it means the partition was sought back by someone else
+(aiokafka resetting an out-of-range position, a seek this module did not
+see): it is delivered and reading continues from there; delivering a record
+twice is safe (every stage is idempotent), dropping it would stall the
+partition for good.
 """
 
 from __future__ import annotations
@@ -36,7 +42,6 @@ P = TypeVar("P")  # a topic partition
 
 class Verdict(enum.Enum):
     DELIVER = "deliver"
-    OLD = "old"  # delivered already: drop
     SKIPPED = "skipped"  # records before it were never delivered: seek back
     RESUMING = "resuming"  # fetched before the seek back took effect: drop
 
@@ -62,12 +67,29 @@ class Positions(Generic[P]):
     def expected(self, tp: P) -> int | None:
         return self._next.get(tp)
 
+    def snapshot(self) -> dict[P, int]:
+        return dict(self._next)
+
+    def overtaken(self, fetch_positions: Mapping[P, int], due: Mapping[P, int]) -> dict[P, int]:
+        """Partitions the fetcher moved past records never delivered: {partition: offset due}.
+
+        ``fetch_positions`` is the client's next offset to fetch per partition,
+        read while nothing was being delivered; ``due`` the :meth:`snapshot`
+        taken just before. A partition being read again already is left alone.
+        """
+        return {
+            tp: offset
+            for tp, offset in due.items()
+            if tp in fetch_positions
+            and fetch_positions[tp] > offset
+            and self._next.get(tp) == offset
+            and tp not in self._resuming
+        }
+
     def check(self, tp: P, offset: int) -> Verdict:
         expected = self._next.get(tp)
-        if expected is None or offset == expected:
+        if expected is None or offset <= expected:
             return Verdict.DELIVER
-        if offset < expected:
-            return Verdict.OLD
         since = self._resuming.get(tp)
         if since is not None and self._clock() - since < RESEEK_AFTER_S:
             return Verdict.RESUMING

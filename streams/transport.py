@@ -29,9 +29,11 @@ streams/app.py selects it with a ``hookline://`` consumer URL.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping
 from typing import Any
 
+from aiokafka.errors import KafkaError
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
@@ -51,6 +53,24 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
 
+    def fetch_positions(self, partitions: list[TP]) -> dict[TP, int]:
+        """The next offset the client will fetch, per assigned partition that has one.
+
+        Runs in the consumer thread; reads aiokafka's subscription state
+        without waiting (``position()`` would wait for a position to be set).
+        """
+        subscription = self._ensure_consumer()._subscription
+        assignment = subscription.subscription and subscription.subscription.assignment
+        if assignment is None:
+            return {}
+        positions = {}
+        for tp in partitions:
+            if subscription.is_assigned(tp):
+                state = assignment.state_value(tp)
+                if state is not None and state.has_valid_position:
+                    positions[tp] = state.position
+        return positions
+
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         reported = await super()._highwaters(partitions)
         if self.consumer.in_transaction:
@@ -66,6 +86,10 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
             "sasl_plain_password": client._sasl_plain_password,
         }
         return await fetched_end_offsets(settings, reported)
+
+
+#: How often the consumer checks for records fetched but never delivered.
+OVERTAKEN_CHECK_S = 1.0
 
 
 class Consumer(driver.Consumer):
@@ -145,6 +169,16 @@ class Consumer(driver.Consumer):
         self.positions.check(tp, got)  # resuming: drop what was fetched before the seek
         await self._seek(tp, expected)
 
+    async def _reread_overtaken(self) -> None:
+        """Seek back partitions whose fetch position passed records never delivered."""
+        due = self.positions.snapshot()
+        if not due:
+            return
+        thread = self._thread
+        fetched = await thread.call_thread(thread.fetch_positions, list(due))  # type: ignore[attr-defined]
+        for tp, offset in self.positions.overtaken(fetched, due).items():
+            await self._seek_back(tp, offset, fetched[tp])
+
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
         """Faust's loop (faust/transport/consumer.py), with one race per fetch."""
         callback = self.callback
@@ -181,8 +215,15 @@ class Consumer(driver.Consumer):
                     await callback(message)
                     set_read_offset(tp, offset)
 
+        checked_at = time.monotonic()
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
+                if time.monotonic() - checked_at >= OVERTAKEN_CHECK_S:
+                    checked_at = time.monotonic()
+                    try:
+                        await self._reread_overtaken()
+                    except KafkaError as exc:  # a partition revoked meanwhile: next time
+                        self.log.info("checking fetch positions: %r", exc)
                 set_flag(CONSUMER_FETCHING)
                 ait = getmany(timeout=1.0)
                 # Sleeping because getmany can return at once, in a loop.

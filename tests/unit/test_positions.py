@@ -49,10 +49,14 @@ def test_a_seek_back_that_did_not_take_effect_is_repeated() -> None:
     assert positions.check(TP, 22) is Verdict.SKIPPED
 
 
-def test_records_before_the_expected_offset_were_delivered_already() -> None:
+def test_a_partition_sought_back_by_someone_else_is_read_again_from_there() -> None:
+    """Dropping records below the expected offset would stall the partition for good."""
     positions: Positions[tuple[str, int]] = Positions()
     positions.expect({TP: 50})
-    assert positions.check(TP, 49) is Verdict.OLD
+    assert positions.check(TP, 40) is Verdict.DELIVER
+    positions.delivered(TP, 40)
+    assert positions.expected(TP) == 41
+    assert positions.check(TP, 42) is Verdict.SKIPPED  # and still no record skipped
 
 
 def test_an_unknown_partition_delivers_until_faust_seeks_it() -> None:
@@ -65,3 +69,23 @@ def test_an_unknown_partition_delivers_until_faust_seeks_it() -> None:
     positions.delivered(TP, 300)
     positions.expect({TP: 8})  # Faust seeks to the committed offset: 300 came too early
     assert positions.check(TP, 301) is Verdict.SKIPPED
+
+
+def test_records_dropped_last_are_found_from_the_fetch_position() -> None:
+    """Nothing after them shows the jump: the client's fetch position does."""
+    positions: Positions[tuple[str, int]] = Positions()
+    other = ("production.webhooks.raw", 1)
+    positions.expect({TP: 154, other: 10})
+    positions.delivered(other, 10)
+    due = positions.snapshot()
+    # The client fetched TP up to 308 but nothing past 154 was delivered;
+    # ``other`` is where it should be.
+    assert positions.overtaken({TP: 308, other: 11}, due) == {TP: 154}
+    # Being read again already (a jump was seen): left to that seek.
+    assert positions.check(TP, 200) is Verdict.SKIPPED
+    assert positions.overtaken({TP: 308}, positions.snapshot()) == {}
+    # Delivered meanwhile (the snapshot is stale): not overtaken.
+    positions.expect({TP: 154})
+    due = positions.snapshot()
+    positions.delivered(TP, 154)
+    assert positions.overtaken({TP: 308}, due) == {}
