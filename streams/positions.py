@@ -75,16 +75,18 @@ class Positions(Generic[P]):
 
         ``fetch_positions`` is the client's next offset to fetch per partition,
         read while nothing was being delivered; ``due`` the :meth:`snapshot`
-        taken just before. A partition being read again already is left alone.
+        taken just before. A partition sought back less than
+        ``RESEEK_AFTER_S`` ago is left to that seek.
         """
-        return {
-            tp: offset
-            for tp, offset in due.items()
-            if tp in fetch_positions
-            and fetch_positions[tp] > offset
-            and self._next.get(tp) == offset
-            and tp not in self._resuming
-        }
+        now = self._clock()
+        overtaken = {}
+        for tp, offset in due.items():
+            if fetch_positions.get(tp, offset) > offset and self._next.get(tp) == offset:
+                since = self._resuming.get(tp)
+                if since is None or now - since >= RESEEK_AFTER_S:
+                    self._resuming[tp] = now
+                    overtaken[tp] = offset
+        return overtaken
 
     def check(self, tp: P, offset: int) -> Verdict:
         expected = self._next.get(tp)
