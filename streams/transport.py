@@ -119,9 +119,15 @@ class Consumer(driver.Consumer):
         where earlier fetches moved them (their records dropped meanwhile).
         """
         committed = await self.seek_to_committed()
-        unsought = [tp for tp, offset in committed.items() if not offset or offset < 0]
+        # Inputs only: a changelog is sought by the table recovery itself.
+        inputs = {
+            tp: offset
+            for tp, offset in committed.items()
+            if self.app.topics.acks_enabled_for(tp.topic)
+        }
+        unsought = [tp for tp, offset in inputs.items() if not offset or offset < 0]
         starts = await self.earliest_offsets(*unsought) if unsought else {}
-        positions = {tp: offset for tp, offset in committed.items() if offset and offset > 0}
+        positions = {tp: offset for tp, offset in inputs.items() if offset and offset > 0}
         for tp in unsought:
             # No committed offset: from the start, as consumer_auto_offset_reset="earliest".
             positions[tp] = max(starts.get(tp) or 0, 0)
