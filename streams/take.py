@@ -56,7 +56,10 @@ async def batches(stream: StreamT, max_events: int) -> AsyncIterator[list[EventT
     size = min(FIRST_BATCH, max_events)
     while True:
         events: list[EventT] = []
-        event = await queue.get()
+        try:
+            event = await queue.get()
+        except StopAsyncIteration:  # Faust ends its streams so when the worker stops
+            return
         lingered = False
         while True:
             message = event.message

@@ -158,3 +158,15 @@ async def test_batches_ramp_up_under_load_and_start_small_again_after_a_lull() -
     assert sizes == [FIRST_BATCH, 2 * FIRST_BATCH, 100, 200 - 100 - 3 * FIRST_BATCH]
     stage.put(*range(200, 400))  # after the queue ran dry: small again
     assert len(await anext(taken)) == FIRST_BATCH
+
+
+async def test_the_batches_end_when_faust_ends_the_stream() -> None:
+    """Faust stops a worker by throwing StopAsyncIteration into each channel's queue."""
+    stage = Stage()
+    taken = batches(stage, max_events=10)  # type: ignore[arg-type]
+    waiting = asyncio.ensure_future(anext(taken))
+    await asyncio.sleep(0)
+    getter = stage.channel.queue._getters[0]  # type: ignore[attr-defined]
+    getter.set_exception(StopAsyncIteration())
+    with pytest.raises(StopAsyncIteration):  # the generator ended, not a RuntimeError
+        await asyncio.wait_for(waiting, 1)
