@@ -99,6 +99,7 @@ class Consumer(driver.Consumer):
     def __post_init__(self) -> None:
         super().__post_init__()
         self.positions = Positions()
+        self._changelogs: frozenset[str] = frozenset()
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -111,6 +112,17 @@ class Consumer(driver.Consumer):
         self.positions.forget(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
 
+    def _is_input(self, topic: str) -> bool:
+        """A topic a stage consumes: acked, and not a table's changelog.
+
+        A changelog is compacted on Kafka: its offsets have holes, and Faust
+        consumes it (acked too) only to recover a table, which seeks it itself.
+        """
+        changelogs = self._changelogs
+        if not changelogs:  # tables register at start: cached once they have
+            changelogs = self._changelogs = frozenset(self.app.tables.changelog_topics)
+        return self.app.topics.acks_enabled_for(topic) and topic not in changelogs
+
     async def perform_seek(self) -> None:
         """Seek every assigned partition: to its committed offset, else to the log start.
 
@@ -120,11 +132,7 @@ class Consumer(driver.Consumer):
         """
         committed = await self.seek_to_committed()
         # Inputs only: a changelog is sought by the table recovery itself.
-        inputs = {
-            tp: offset
-            for tp, offset in committed.items()
-            if self.app.topics.acks_enabled_for(tp.topic)
-        }
+        inputs = {tp: offset for tp, offset in committed.items() if self._is_input(tp.topic)}
         unsought = [tp for tp, offset in inputs.items() if not offset or offset < 0]
         starts = await self.earliest_offsets(*unsought) if unsought else {}
         positions = {tp: offset for tp, offset in inputs.items() if offset and offset > 0}
@@ -195,7 +203,7 @@ class Consumer(driver.Consumer):
         set_read_offset = self._read_offset.__setitem__
         set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
         commit_every = self._commit_every
-        acks_enabled_for = self.app.topics.acks_enabled_for
+        is_input = self._is_input
 
         positions = self.positions
         check, delivered = positions.check, positions.delivered
@@ -206,7 +214,7 @@ class Consumer(driver.Consumer):
                 if index and not index % YIELD_EVERY:
                     await asyncio.sleep(0)  # let other tasks in, as Faust does
                 offset = message.offset
-                if acks_enabled_for(message.topic):  # an input: no holes in its offsets
+                if is_input(message.topic):  # no holes in its offsets
                     verdict = check(tp, offset)
                     if verdict is DELIVER:
                         await callback(message)
