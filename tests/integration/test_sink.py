@@ -276,14 +276,17 @@ def landed(
     asyncio.run(produce(broker.bootstrap_servers, phases[2], 0.01))
     final = sink_process(env, warehouse, log_dir, *args).start(timeout=60)
     try:
+        # Each table is landed from its own topic: the events' topic holds the
+        # whole session's events before these, so it can finish last.
         wait_for(
             lambda: (
                 len(table_rows(warehouse, "order_changes", orders.prefix)) >= ORDERS * VERSIONS
                 and {r["version"] for r in table_rows(warehouse, "orders_state", orders.prefix)}
                 == {VERSIONS}
+                and len(table_rows(warehouse, "webhook_events", orders.prefix)) >= ORDERS * VERSIONS
             ),
             40,
-            "every change and the last version of every order landed",
+            "every change, event and last version of every order landed",
         )
         time.sleep(1.0)  # a late double would land now
         yield {"warehouse": warehouse, "orders": orders, "kills": kills, "sink": final}
