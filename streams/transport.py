@@ -221,7 +221,10 @@ class Consumer(driver.Consumer):
                         set_read_offset(tp, offset)
                         delivered(tp, offset)
                     elif verdict is SKIPPED:
-                        await self._seek_back(tp, positions.expected(tp) or 0, offset)
+                        try:
+                            await self._seek_back(tp, positions.expected(tp) or 0, offset)
+                        except KafkaError as exc:  # revoked meanwhile: its next owner seeks
+                            self.log.info("%s: not sought back: %r", tp, exc)
                     continue
                 # Changelogs and the like: Faust's rule (never an acked gap there).
                 r_offset = get_read_offset(tp)
