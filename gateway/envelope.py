@@ -14,6 +14,7 @@ from typing import Any
 
 from hookline.core.sources import Source
 from hookline.schemas import codec
+from hookline.schemas.avro_writer import avro_long
 
 KEPT_HEADERS = (
     "content-type",
@@ -75,30 +76,9 @@ def raw_envelope(
     }
 
 
-def _varint(value: int) -> bytes:
-    """An Avro long: zig-zag, then base-128 varint."""
-    value = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
-#: Lengths of ids, names and most header values: one byte, looked up.
-_ONE_BYTE = tuple(_varint(value) for value in range(64))
-
-
-def _long(value: int) -> bytes:
-    if 0 <= value < 64:
-        return _ONE_BYTE[value]
-    return _varint(value)
-
-
 def _string(text: str) -> bytes:
     data = text.encode()
-    return _long(len(data)) + data
+    return avro_long(len(data)) + data
 
 
 _HEADER_KEYS = {name: _string(name) for name in KEPT_HEADERS}
@@ -144,13 +124,13 @@ class EnvelopeEncoder:
             self._header,
             _string(delivery_id),
             self._constant,
-            _long(received_at_ms),
-            _long(len(body)),
+            avro_long(received_at_ms),
+            avro_long(len(body)),
             body,
         ]
         kept = [name for name in KEPT_HEADERS if name in headers]
         if kept:
-            parts.append(_long(len(kept)))
+            parts.append(avro_long(len(kept)))
             for name in kept:
                 parts.append(_HEADER_KEYS[name])
                 parts.append(_string(headers[name][:MAX_HEADER_CHARS]))

@@ -36,7 +36,7 @@ from typing import Any
 
 import fastavro
 
-__all__ = ["UnsupportedSchema", "Writer", "compile_writer"]
+__all__ = ["UnsupportedSchema", "Writer", "avro_long", "compile_writer"]
 
 #: A compiled schema: a record (any value of the schema) in, its Avro binary encoding out.
 Writer = Callable[[Any], bytes]
@@ -86,8 +86,10 @@ def _tagged_lengths(tag: bytes) -> tuple[bytes, ...]:
     return tuple(tag + _SMALL[n] for n in range(_TAGGED_LIMIT))
 
 
-def _long(value: Any) -> bytes:
+def avro_long(value: Any) -> bytes:
     """An Avro long: the general case (the compiled code inlines small non-negative ints).
+
+    Also the gateway's, for the envelope bytes it writes itself (gateway/envelope.py).
 
     Accepts any integral number but ``bool``, like fastavro's union validation;
     a float or Decimal is a type error here, where fastavro would truncate it.
@@ -117,7 +119,7 @@ def _long(value: Any) -> bytes:
 
 def _int(value: Any) -> bytes:
     """An Avro int: a long in the 32-bit range."""
-    encoded = _long(value)  # the type checks
+    encoded = avro_long(value)  # the type checks
     if not INT_MIN <= value <= INT_MAX:
         raise OverflowError(f"{value} is outside the Avro int range")
     return encoded
@@ -125,7 +127,7 @@ def _int(value: Any) -> bytes:
 
 def _length(size: int) -> bytes:
     """The length prefix of a string, bytes value or block count."""
-    return _SMALL[size] if size < _SMALL_LIMIT else _long(size)
+    return _SMALL[size] if size < _SMALL_LIMIT else avro_long(size)
 
 
 def _as_record(value: Any) -> Mapping[str, Any]:
@@ -241,7 +243,7 @@ class _Compiler:
             "_SMALL": _SMALL,
             "_GROUP": _GROUP,
             "_VARINT": _VARINT,
-            "_long": _long,
+            "avro_long": avro_long,
             "_int": _int,
             "_length": _length,
             "_bytes": _bytes,
@@ -312,7 +314,7 @@ class _Compiler:
             self.line(indent + 1, "out += _GROUP[z >> 14 & 16383]")
             self.line(indent + 1, "out += _VARINT[z >> 28]")
             self.line(indent, "else:")
-            self.line(indent + 1, "out += _long(v)")
+            self.line(indent + 1, "out += avro_long(v)")
         elif kind == "int":
             self.line(indent, f"v = {value}")
             self.line(indent, f"if type(v) is int and 0 <= v < {_SMALL_LIMIT}:")
