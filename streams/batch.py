@@ -30,10 +30,11 @@ record batch per topic partition (the partition Kafka's default partitioner
 gives the key, core/partitioner.py), submits each with ``send_batch`` and
 waits for those few acknowledgements. Sent record by record, each output
 paid for a partitioner call, an accumulator append and a future of its own
-(~15 % of the worker's CPU). A batch that fails must never be committed,
-and Faust acks a ``take_events`` batch when its generator is closed, even
-after an exception; so a failure ends the process at once (see
-:func:`streams.pipeline.fatal`), before anything can be acked.
+(~15 % of the worker's CPU). A batch that fails must never be committed:
+its events are not acked (streams/take.py acks a batch only when the stage
+asks for the next one), and the process ends at once (see
+:func:`streams.pipeline.fatal`) rather than let Faust restart the stage
+past it.
 
 A table key lives in one partition (one RocksDB database per partition) and
 its changelog records go to that partition. A batch spans several

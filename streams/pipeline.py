@@ -65,11 +65,11 @@ FAILED_BATCH_EXIT = 70
 def fatal(stage: str, body: Callable[[StreamT], Awaitable[None]]) -> Callable[..., Any]:
     """Run a stage; if a batch fails, end the process before anything is committed.
 
-    Faust's default supervisor would restart the agent, and the abandoned
-    batch's events would be acked when its ``take_events`` generator is
-    finalized, then committed: those deliveries would be lost. Exiting at
-    once (no await in between, so no ack and no commit can run) leaves the
-    inputs uncommitted; a restarted worker processes them again.
+    Faust's default supervisor would restart the agent past the abandoned
+    batch (with ``Stream.take_events``, whose generator acks a batch when it
+    is closed, its deliveries were committed and lost). Exiting at once (no
+    await in between, so no ack and no commit can run) leaves the inputs
+    uncommitted; a restarted worker processes them again.
     """
 
     async def agent(stream: StreamT) -> None:
