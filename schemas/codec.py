@@ -33,6 +33,7 @@ from typing import Any
 
 import fastavro
 from fastavro.schema import UnknownType, fingerprint, load_schema, to_parsing_canonical_form
+from hookline.schemas.avro_reader import Reader, compile_reader
 from hookline.schemas.avro_writer import UnsupportedSchema, Writer, compile_writer
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -205,6 +206,19 @@ class Registry:
                 self._reader[fp] = target.plain if target is not None else None
             self._by_fingerprint[fp] = schema
 
+        # What decode needs per fingerprint read as written (the current
+        # schemas, the hot path): the schema and its compiled reader, where
+        # there is one; fastavro reads the rest, resolving older ones.
+        self._compiled: dict[bytes, tuple[Schema, Reader]] = {}
+        for fp, target in self._reader.items():
+            if target is None:
+                schema = self._by_fingerprint[fp]
+                try:
+                    read = compile_reader(schema.plain, schema.name)
+                except UnsupportedSchema:
+                    continue
+                self._compiled[fp] = (schema, read)
+
         # What encode needs per current schema: its fields and its compiled
         # writer (header included), or None where fastavro writes it instead.
         self._writers: dict[str, tuple[Schema, Writer | None]] = {}
@@ -273,6 +287,18 @@ class Registry:
         if len(data) < HEADER_SIZE or data[:2] != MAGIC:
             raise CodecError("not Avro single-object encoded (missing C3 01 marker)")
         fp = bytes(data[2:HEADER_SIZE])
+        compiled = self._compiled.get(fp)
+        if compiled is not None:
+            schema, read = compiled
+            if type(data) is not bytes:  # a bytearray would give bytearrays for bytes fields
+                data = bytes(data)
+            try:
+                record, end = read(data, HEADER_SIZE)
+            except Exception as exc:  # ValueError: truncated, not UTF-8, out of range...
+                raise CodecError(f"corrupt {schema.name} record: {exc}") from exc
+            if end != len(data):
+                raise CodecError(f"{len(data) - end} trailing bytes after a {schema.name}")
+            return schema.name, record
         schema = self._by_fingerprint.get(fp)
         if schema is None:
             raise CodecError(f"unknown writer schema fingerprint {fp.hex()}")

@@ -225,7 +225,7 @@ def test_current_records_take_the_direct_path(monkeypatch: pytest.MonkeyPatch) -
     now = dict(V1_STATE, amount=Decimal("12.5000"), currency="EUR", refunded_amount=None)
     assert codec.decode_as(codec.ORDER_STATE, codec.encode(codec.ORDER_STATE, now)) == now
     codec.decode(_v1_bytes(codec.ORDER_STATE, V1_STATE))
-    assert calls == [0, 1]
+    assert calls == [1]  # today's record took the compiled reader (schemas/avro_reader.py)
 
 
 # -- every change is fully compatible ----------------------------------------------
