@@ -30,27 +30,71 @@ nobody processed lets a commit move past it.
 Each event taken is tracked as pending, as Faust's stream does, so a
 rebalance waits for the batch in progress (``stream_wait_empty``) before it
 hands the partition over.
+
+What the queue holds: :class:`InputEvent`, which streams/transport.py puts
+there itself for a stage's input (Faust's per-record handler, its event and
+its acks through three layers each took a lock and several calls per record),
+or Faust's own ``Event`` when Faust delivered the record. A batch is acked in
+one pass under Faust's ack lock, with the consumer's own bookkeeping
+(:func:`ack_all`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 from faust.types import EventT, StreamT
+from faust.types.tuples import Message, ack_lock
 
 #: Events in the first batch after the queue ran dry (then 2x per full batch).
 FIRST_BATCH = 32
 
 
+class InputEvent:
+    """A record for a stage: what the stages read of Faust's ``Event``, and no more.
+
+    Faust's ``Event`` carries the app, copies the headers into a dict and
+    acks through the message, its refcount and the consumer, each under the
+    ack lock; a stage reads only ``key``, ``value`` and ``message`` (its
+    partition, offset, generation), and :func:`ack_all` acks a whole batch.
+    """
+
+    __slots__ = ("key", "message", "value")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.key = message.key
+        self.value = message.value
+
+
+def ack_all(consumer: Any, events: list[Any]) -> None:
+    """Ack each event's message, as ``Event.ack`` would, in one critical section.
+
+    ``Message.ack`` drops one reference and, at the last one, lets the
+    consumer record the offset as processed (``Consumer.ack``, which a
+    commit reads); both under Faust's ack lock, which is reentrant.
+    """
+    ack = consumer.ack
+    with ack_lock:
+        for event in events:
+            message = event.message
+            if not message.acked:
+                refcount = message.refcount = max(message.refcount - 1, 0)
+                if not refcount:
+                    ack(message)
+
+
 async def batches(stream: StreamT, max_events: int) -> AsyncIterator[list[EventT]]:
     """Yield lists of events; each list is acked when the next one is asked for."""
     app = stream.app
+    consumer = app.consumer
     # Iterating the agent's channel subscribes its topic (the Conductor), as
     # iterating the stream would; the iterator has the queue events land in.
     channel = aiter(stream.channel)
     queue = channel.queue  # type: ignore[attr-defined]
-    unacked = app.consumer.unacked
+    unacked = consumer.unacked
     acking_topics = app.topics.acking_topics
     flow = app.flow_control
     size = min(FIRST_BATCH, max_events)
@@ -86,5 +130,4 @@ async def batches(stream: StreamT, max_events: int) -> AsyncIterator[list[EventT
         elif queue.empty():
             size = min(FIRST_BATCH, max_events)
         yield events
-        for event in events:
-            event.ack()
+        ack_all(consumer, events)

@@ -2,7 +2,8 @@
 
 The rules are checked against small stand-ins for the few Faust objects the
 function touches (an app's flow control, generation and pending set; a
-channel's queue; events with messages): Kafka plays no part in them.
+channel's queue; events with messages; the consumer's ``ack``): Kafka plays
+no part in them.
 """
 
 from __future__ import annotations
@@ -23,15 +24,26 @@ class Message:
     generation_id: int
     topic: str = TOPIC
     tracked: bool = False
+    acked: bool = False
+    refcount: int = 1  # the channel's reference, taken when it was queued
 
 
 @dataclass(eq=False)
 class Event:
     message: Message
-    acked: list[int]
 
-    def ack(self) -> bool:
-        self.acked.append(self.message.offset)
+
+@dataclass
+class Consumer:
+    """Faust's ``Consumer.ack``: marks the message and records its offset (once)."""
+
+    acked: list[int]
+    unacked: set[Message] = field(default_factory=set)
+
+    def ack(self, message: Message) -> bool:
+        assert message.refcount == 0, "acked while a channel still holds it"
+        message.acked = True
+        self.acked.append(message.offset)
         return True
 
 
@@ -63,7 +75,7 @@ class Stage:
     generation: int = 3
 
     def __post_init__(self) -> None:
-        consumer = type("Consumer", (), {"unacked": set()})()
+        consumer = Consumer(self.acked)
         topics = type("Topics", (), {"acking_topics": {TOPIC}})()
         self.app: Any = type("App", (), {})()
         self.app.consumer, self.app.topics = consumer, topics
@@ -73,7 +85,7 @@ class Stage:
     def put(self, *offsets: int, generation: int | None = None) -> None:
         for offset in offsets:
             message = Message(offset, self.generation if generation is None else generation)
-            self.channel.queue.put_nowait(Event(message, self.acked))
+            self.channel.queue.put_nowait(Event(message))
 
 
 def offsets(events: list[Any]) -> list[int]:
@@ -112,6 +124,32 @@ async def test_a_batch_that_failed_is_never_acked() -> None:
     with pytest.raises(RuntimeError):
         await process()
     assert stage.acked == []
+
+
+async def test_a_message_two_channels_hold_is_acked_when_both_acked_it() -> None:
+    stage = Stage()
+    message = Message(0, stage.generation, refcount=2)  # queued for two channels
+    stage.channel.queue.put_nowait(Event(message))
+    stage.put(1)
+    taken = batches(stage, max_events=10)  # type: ignore[arg-type]
+    await anext(taken)
+    stage.put(2)
+    await anext(taken)
+    assert stage.acked == [1]  # offset 0 still held by the other channel
+    assert message.refcount == 1
+    assert not message.acked
+
+
+async def test_an_acked_message_is_not_acked_again() -> None:
+    stage = Stage()
+    message = Message(0, stage.generation, acked=True)
+    stage.channel.queue.put_nowait(Event(message))
+    stage.put(1)
+    taken = batches(stage, max_events=10)  # type: ignore[arg-type]
+    await anext(taken)
+    stage.put(2)
+    await anext(taken)
+    assert stage.acked == [1]
 
 
 async def test_events_of_an_earlier_generation_are_dropped_unacked() -> None:
