@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from functools import lru_cache
 
 _M = 0x5BD1E995
 _MASK = 0xFFFFFFFF
@@ -43,3 +44,14 @@ def murmur2(data: bytes) -> int:
 def partition_for(key: bytes, partitions: Sequence[int]) -> int:
     """The partition of ``key`` among a topic's sorted partition ids (as aiokafka's default)."""
     return partitions[(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+
+
+@lru_cache(maxsize=16384)
+def key_hash(key: bytes) -> int:
+    """``murmur2(key)`` as the default partitioner uses it (positive), remembered.
+
+    The worker hashes an order id three times on its way through the stages
+    (intake's order-inputs, the transaction update, the order's outputs),
+    within a second or so: the recent keys are remembered (bounded: ~2 MB).
+    """
+    return murmur2(key) & 0x7FFFFFFF

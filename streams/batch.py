@@ -59,7 +59,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 from faust.types import TP, EventT, TableT, TopicT
-from hookline.core.partitioner import murmur2
+from hookline.core.partitioner import key_hash
 from hookline.streams.fencing import generation_header
 from hookline.streams.membership import confirm_membership
 
@@ -93,7 +93,6 @@ async def send_acknowledged(
         _FAIL_SENDS.discard(stage)
         raise KafkaError(f"injected send failure in stage {stage} (HOOKLINE_FAIL_SENDS)")
     ids: dict[str, list[int]] = {}
-    hashes: dict[bytes, int] = {}  # a key is often sent twice (events + order inputs)
     batches: dict[tuple[str, int], list[BatchBuilder]] = {}
     for topic, key, value, partition, headers in sends:
         if partition is None:
@@ -101,10 +100,7 @@ async def send_acknowledged(
             if partitions is None:
                 partitions = ids[topic] = sorted(await producer.partitions_for(topic))
             # Every output has a key; a keyless one would go where b"" goes.
-            hashed = hashes.get(key or b"")
-            if hashed is None:
-                hashed = hashes[key or b""] = murmur2(key or b"") & 0x7FFFFFFF
-            partition = partitions[hashed % len(partitions)]
+            partition = partitions[key_hash(key or b"") % len(partitions)]
         builders = batches.get((topic, partition))
         if builders is None:
             builders = batches[(topic, partition)] = [producer.create_batch()]
