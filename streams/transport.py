@@ -28,6 +28,8 @@ a deserializer call and an ``Event`` per record, ~10 % of the CPU): when one
 channel alone reads the partition and it reads raw bytes, the record goes
 straight into that channel's queue as a :class:`streams.take.InputEvent`,
 with the same queue-pressure callbacks. Anything else takes Faust's path.
+A poll's records become Faust messages in one pass per partition
+(:meth:`Consumer._poll`), not through Faust's per-record async generator.
 
 Registered under the ``faust.transports`` entry point as ``hookline``;
 streams/app.py selects it with a ``hookline://`` consumer URL.
@@ -46,6 +48,7 @@ from faust import Topic
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
+from faust.types.tuples import ConsumerMessage
 from hookline.streams.end_offsets import fetched_end_offsets
 from hookline.streams.positions import Positions, Verdict
 from hookline.streams.take import InputEvent
@@ -260,10 +263,58 @@ class Consumer(driver.Consumer):
         for tp, offset in self.positions.overtaken(fetched, due).items():
             await self._seek_back(tp, offset, fetched[tp])
 
+    async def _poll(self, timeout: float) -> list[tuple[TP, Any]]:
+        """One poll's records as Faust messages, partition by partition.
+
+        Faust's ``getmany`` does the same through an async generator that,
+        per record, re-checks the flow and the generation (which cannot
+        change without an await), asks the consumer thread for the
+        partition's high watermark and records it for the lag monitor: here
+        once per partition. Partitions are not interleaved record by record
+        (Faust's round robin): every record of a poll is queued at once, each
+        stage's in its own queue, so no stage waits behind another's.
+        """
+        records, active = await self._wait_next_records(timeout)
+        if not records or self.should_stop or not self.flow_active:
+            return []  # a paused flow: Faust drops the poll too (fetched again after seeking)
+        buffered = self._buffered_partitions
+        track_end = self.app.monitor.track_tp_end_offset
+        highwater = self.highwater
+        generation_id = self.app.consumer_generation_id
+        fetched: list[tuple[TP, Any]] = []
+        for tp, batch in records.items():
+            if active is not None and tp not in active and tp not in buffered:
+                continue
+            track_end(tp, highwater(tp))
+            topic, partition = tp
+            faust_tp = TP(topic, partition)
+            fetched += [
+                (
+                    tp,
+                    ConsumerMessage(
+                        topic,
+                        partition,
+                        record.offset,
+                        None if record.timestamp is None else record.timestamp / 1000.0,
+                        record.timestamp_type,
+                        record.headers,
+                        record.key,
+                        record.value,
+                        record.checksum,
+                        record.serialized_key_size,
+                        record.serialized_value_size,
+                        faust_tp,
+                        generation_id=generation_id,
+                    ),
+                )
+                for record in batch
+            ]
+        return fetched
+
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
         """Faust's loop (faust/transport/consumer.py), with one race per fetch."""
         callback = self.callback
-        getmany = self.getmany
+        poll = self._poll
         consumer_should_stop = self._stopped.is_set  # type: ignore[attr-defined]
         fetcher_should_stop = fetcher._stopped.is_set  # type: ignore[attr-defined]
         get_read_offset = self._read_offset.__getitem__
@@ -326,13 +377,10 @@ class Consumer(driver.Consumer):
                     except KafkaError as exc:  # a partition revoked meanwhile: next time
                         self.log.info("checking fetch positions: %r", exc)
                 set_flag(CONSUMER_FETCHING)
-                ait = getmany(timeout=1.0)
-                # Sleeping because getmany can return at once, in a loop.
+                # Sleeping because a poll can return at once, in a loop.
                 await self.sleep(0)
                 if not self.should_stop:
-                    # Collected without awaiting in between: Faust's own checks
-                    # (flow still active, same generation) run on every record.
-                    fetched = [item async for item in ait]
+                    fetched = await poll(1.0)
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
