@@ -10,6 +10,15 @@ bounds that to a few tens of milliseconds per hop (a burst's first order
 state 150 ms after its first webhook, where 100 ms gave 230-350), at the
 price of 50 empty fetches a second on an idle worker (~1 % of a core).
 
+Under a burst, ``raw`` always holds fetched records not yet consumed, and
+aiokafka's fetcher holds back every fetch to a broker while one of its
+partitions holds records younger than ``prefetch_backoff`` (100 ms): the
+records of every later hop waited up to that long at each hop, on a
+single-broker cluster every time (a burst's first order state 250-700 ms
+after its first webhook). 10 ms (:data:`PREFETCH_BACKOFF_S`) brings that to
+50-90 ms; partitions still holding records are left out of the fetch
+either way.
+
 Table recovery reads each changelog up to its end offset; those are taken
 from a fetch's high watermark as well as from ListOffsets (see
 streams/end_offsets.py for why).
@@ -58,6 +67,10 @@ from mode import ServiceT
 Route = tuple[Any, Callable[[Any], bool]]
 
 FETCH_MAX_WAIT_MS = 20
+#: aiokafka sends no fetch to a broker while any of its partitions holds
+#: records fetched less than this long ago and not yet consumed (its default:
+#: 100 ms).
+PREFETCH_BACKOFF_S = 0.01
 #: Records delivered between two yields to the event loop (Faust's own figure).
 YIELD_EVERY = 100
 
@@ -68,6 +81,11 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         # Read when the consumer starts its fetcher; not otherwise exposed.
         consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS
         return consumer
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # Created by start(); not a consumer setting.
+        self._ensure_consumer()._fetcher._prefetch_backoff = PREFETCH_BACKOFF_S
 
     def fetch_positions(self, partitions: list[TP]) -> dict[TP, int]:
         """The next offset the client will fetch, per assigned partition that has one.
