@@ -15,15 +15,24 @@ still a member of the generation it read the batch in (see
 streams/membership.py): a worker frozen past its session timeout wakes up
 evicted and drops its batch instead of writing over the new owner.
 
-The changelog record of a table write is one of those outputs: it is sent in
-the same burst, stamped with the batch's consumer-group generation (see
+The changelog records of the table writes are sent once the outputs are
+acknowledged, stamped with the batch's consumer-group generation (see
 streams/fencing.py), and the local store is written only after Kafka
-acknowledged it. So the local store (RocksDB on disk included) never holds a
+acknowledged them. So a changelog record never exists without the outputs it
+stands for. Sent in one burst, a changelog record could land while an output
+did not: aiokafka's producer has one request in flight per broker and puts
+one batch per partition in each request, so an output to a partition another
+stage had a batch queued for waited for a later request, while the changelog
+went in this one. A worker killed in between left a dedup entry for a
+delivery whose events were never written (its retries were then dropped as
+duplicates), or an order's state version whose ``orders.changes`` record
+was never written. And the local store (RocksDB on disk included) never holds a
 write its changelog lacks: a worker killed -9 and restarted on its disk, whose
 partitions later move to a worker with an empty data directory, hands over
 exactly the state it had. Faust commits offsets only after flushing the
 producer, so neither the outputs nor the state of a committed input can be
-lost.
+lost. The price is one more produce round trip per batch; the other stages
+run meanwhile.
 
 Outputs go straight to aiokafka, under Faust's producer: a batch builds one
 record batch per topic partition (the partition Kafka's default partitioner
@@ -191,12 +200,14 @@ class Batch:
         return len(self._sends)
 
     async def flush(self) -> None:
-        """Send outputs and changelog records, wait for every acknowledgement, then
-        write the local store (and the changelog offsets it has)."""
+        """Send the outputs, wait for their acknowledgements; then the changelog
+        records, wait again; then write the local store (and the changelog
+        offsets it has)."""
         table = self.table
         changelog = _name(table.changelog_topic)
         headers: dict[int, list[tuple[str, bytes]]] = {}
         writes: list[tuple[bytes, EventT, bytes | None]] = []
+        records: list[Output] = []
         for key, (event, value) in self._writes.items():
             encoded = None if value is DELETE else self._encode(value)
             writes.append((key, event, encoded))
@@ -206,16 +217,16 @@ class Batch:
                 stamped = headers[partition] = generation_header(
                     self._stamp(partition, self.generation)
                 )
-            self._sends.append((changelog, key, encoded, partition, stamped))
+            records.append((changelog, key, encoded, partition, stamped))
         if writes and self.stage in _STOP_BEFORE_FLUSH:
             _STOP_BEFORE_FLUSH.discard(self.stage)
             os.kill(os.getpid(), signal.SIGSTOP)
-        if self._sends:
+        if self._sends or records:
             # Still the owner? An evicted member must not send (streams/membership.py).
             await confirm_membership(table.app, self.generation)
-        last = await send_acknowledged(
-            table.app.producer._ensure_producer(), self._sends, self.stage
-        )
+        producer = table.app.producer._ensure_producer()
+        await send_acknowledged(producer, self._sends, self.stage)
+        last = await send_acknowledged(producer, records, self.stage)
         store: Any = table.data
         for key, event, encoded in writes:
             if encoded is None:
