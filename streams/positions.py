@@ -20,6 +20,14 @@ of the partition that were fetched before the seek took effect are dropped
 meanwhile (:attr:`Verdict.RESUMING`). Records dropped last, with nothing
 after them to show the jump, are found by comparing the client's fetch
 position with the expected offset once a second (:meth:`Positions.overtaken`).
+Between an assignment and Faust's seek of the assigned partitions (the
+tables recover in between, and the seek itself waits for the committed
+offsets), a partition is *held*: its records are dropped (:meth:`hold`).
+Nothing is known of them yet, and delivering them was not safe: the fetcher
+still reads on from where it was, past records not yet processed, and those
+records, processed first and acknowledged, let the next commit pass the
+older ones (Faust commits the first run of consecutive acknowledged offsets,
+wherever it starts) and reordered an order's facts across the hand-over.
 A record before it means the partition was sought back by someone else
 (aiokafka resetting an out-of-range position, a seek this module did not
 see): it is delivered and reading continues from there; delivering a record
@@ -50,6 +58,7 @@ class Positions(Generic[P]):
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._next: dict[P, int] = {}
         self._resuming: dict[P, float] = {}
+        self._held: set[P] = set()
         self._clock = clock
 
     def expect(self, positions: Mapping[P, int]) -> None:
@@ -57,12 +66,24 @@ class Positions(Generic[P]):
         for tp, offset in positions.items():
             self._next[tp] = offset
             self._resuming.pop(tp, None)
+            self._held.discard(tp)
 
-    def forget(self, partitions: Iterable[P]) -> None:
-        """Partitions revoked or newly assigned: nothing is known until Faust seeks them."""
+    def hold(self, partitions: Iterable[P]) -> None:
+        """Partitions just assigned: drop their records until Faust seeks them (:meth:`expect`)."""
         for tp in partitions:
             self._next.pop(tp, None)
             self._resuming.pop(tp, None)
+            self._held.add(tp)
+
+    def held(self) -> set[P]:
+        return set(self._held)
+
+    def forget(self, partitions: Iterable[P]) -> None:
+        """Partitions revoked: nothing is known of them any more."""
+        for tp in partitions:
+            self._next.pop(tp, None)
+            self._resuming.pop(tp, None)
+            self._held.discard(tp)
 
     def expected(self, tp: P) -> int | None:
         return self._next.get(tp)
@@ -90,7 +111,9 @@ class Positions(Generic[P]):
 
     def check(self, tp: P, offset: int) -> Verdict:
         expected = self._next.get(tp)
-        if expected is None or offset <= expected:
+        if expected is None:
+            return Verdict.RESUMING if tp in self._held else Verdict.DELIVER
+        if offset <= expected:
             return Verdict.DELIVER
         since = self._resuming.get(tp)
         if since is not None and self._clock() - since < RESEEK_AFTER_S:

@@ -147,7 +147,8 @@ class Consumer(driver.Consumer):
         await super().on_partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
-        self.positions.forget(assigned)
+        # Nothing is delivered from them until perform_seek says where to start.
+        self.positions.hold(tp for tp in assigned if self._is_input(tp.topic))
         await super().on_partitions_assigned(assigned, generation_id)
 
     def _is_input(self, topic: str) -> bool:
@@ -221,6 +222,9 @@ class Consumer(driver.Consumer):
         committed = await self.seek_to_committed()
         # Inputs only: a changelog is sought by the table recovery itself.
         inputs = {tp: offset for tp, offset in committed.items() if self._is_input(tp.topic)}
+        for tp in self.positions.held():  # held, and not in the answer: from the log start
+            if tp not in inputs and tp in self.assignment():
+                inputs[tp] = None
         unsought = [tp for tp, offset in inputs.items() if not offset or offset < 0]
         starts = await self.earliest_offsets(*unsought) if unsought else {}
         positions = {tp: offset for tp, offset in inputs.items() if offset and offset > 0}

@@ -63,7 +63,7 @@ def test_an_unknown_partition_delivers_until_faust_seeks_it() -> None:
     positions: Positions[tuple[str, int]] = Positions()
     assert positions.check(TP, 7) is Verdict.DELIVER  # assigned, not sought yet
     positions.delivered(TP, 7)
-    positions.forget([TP])  # revoked, or assigned again
+    positions.forget([TP])  # revoked
     assert positions.expected(TP) is None
     assert positions.check(TP, 300) is Verdict.DELIVER
     positions.delivered(TP, 300)
@@ -91,3 +91,32 @@ def test_records_dropped_last_are_found_from_the_fetch_position() -> None:
     due = positions.snapshot()
     positions.delivered(TP, 154)
     assert positions.overtaken({TP: 308}, due) == {}
+
+
+def test_a_newly_assigned_partition_delivers_nothing_until_faust_seeks_it() -> None:
+    """The fetcher reads on past unprocessed records while the tables recover: not delivered.
+
+    Delivered, they were processed before the older records the seek brings
+    back (an order's PENDING after its ACTIVE), and their acks let a commit
+    pass the older ones.
+    """
+    positions: Positions[tuple[str, int]] = Positions()
+    positions.expect({TP: 150})
+    positions.delivered(TP, 150)
+    positions.hold([TP])  # a rebalance assigned it (again)
+    for offset in (151, 163, 170):
+        assert positions.check(TP, offset) is Verdict.RESUMING
+    assert positions.expected(TP) is None
+    assert positions.snapshot() == {}  # nothing to compare the fetch position with yet
+    assert positions.held() == {TP}
+    positions.expect({TP: 151})  # Faust sought it to its committed offset
+    assert positions.held() == set()
+    assert positions.check(TP, 151) is Verdict.DELIVER
+
+
+def test_a_revoked_partition_is_no_longer_held() -> None:
+    positions: Positions[tuple[str, int]] = Positions()
+    positions.hold([TP])
+    positions.forget([TP])
+    assert positions.held() == set()
+    assert positions.check(TP, 7) is Verdict.DELIVER  # unknown again, as before any assignment
