@@ -9,8 +9,9 @@ holds: waiting only for the first event, never on a timer. Under load the
 queue fills while a batch is processed, so batches grow by themselves; when
 quiet, an event is processed as soon as it arrives.
 
-How much a batch takes ramps up: ``FIRST_BATCH`` events after the queue ran
-dry, twice as many after each full batch, up to ``max_events``. A burst's
+How much a batch takes ramps up: ``FIRST_BATCH`` events after a lull (the
+stage waited ``LULL_S`` for an event), twice as many after each full batch,
+up to ``max_events``. A burst's
 first events then cross every stage in small batches (a first output within
 tens of milliseconds, where one 500-event batch per stage took hundreds),
 and a sustained load is still read in full batches.
@@ -42,14 +43,20 @@ one pass under Faust's ack lock, with the consumer's own bookkeeping
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from faust.types import EventT, StreamT
 from faust.types.tuples import Message, ack_lock
 
-#: Events in the first batch after the queue ran dry (then 2x per full batch).
+#: Events in the first batch after a lull (then 2x per full batch).
 FIRST_BATCH = 32
+#: A stage that waited this long for its next event starts small again. Not
+#: merely an empty queue: under load the queue runs dry between two polls of
+#: the consumer, and starting over at 32 events each time made most batches
+#: small (every batch pays two produce round trips and a membership check).
+LULL_S = 0.05
 
 
 class InputEvent:
@@ -86,7 +93,9 @@ def ack_all(consumer: Any, events: list[Any]) -> None:
                     ack(message)
 
 
-async def batches(stream: StreamT, max_events: int) -> AsyncIterator[list[EventT]]:
+async def batches(
+    stream: StreamT, max_events: int, lull_s: float = LULL_S
+) -> AsyncIterator[list[EventT]]:
     """Yield lists of events; each list is acked when the next one is asked for."""
     app = stream.app
     consumer = app.consumer
@@ -98,12 +107,16 @@ async def batches(stream: StreamT, max_events: int) -> AsyncIterator[list[EventT
     acking_topics = app.topics.acking_topics
     flow = app.flow_control
     size = min(FIRST_BATCH, max_events)
+    clock = time.monotonic
     while True:
         events: list[EventT] = []
+        waiting_since = clock()
         try:
             event = await queue.get()
         except StopAsyncIteration:  # Faust ends its streams so when the worker stops
             return
+        if clock() - waiting_since >= lull_s:
+            size = min(FIRST_BATCH, max_events)  # after a lull: small again
         lingered = False
         while True:
             message = event.message
@@ -127,7 +140,5 @@ async def batches(stream: StreamT, max_events: int) -> AsyncIterator[list[EventT
             continue
         if len(events) >= size:
             size = min(size * 2, max_events)
-        elif queue.empty():
-            size = min(FIRST_BATCH, max_events)
         yield events
         ack_all(consumer, events)

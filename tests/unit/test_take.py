@@ -191,11 +191,18 @@ async def test_an_idle_stage_waits_for_its_first_event_without_a_timer() -> None
 async def test_batches_ramp_up_under_load_and_start_small_again_after_a_lull() -> None:
     stage = Stage()
     stage.put(*range(200))
-    taken = batches(stage, max_events=100)  # type: ignore[arg-type]
+    taken = batches(stage, max_events=100, lull_s=0.05)  # type: ignore[arg-type]
     sizes = [len(await anext(taken)) for _ in range(4)]
     assert sizes == [FIRST_BATCH, 2 * FIRST_BATCH, 100, 200 - 100 - 3 * FIRST_BATCH]
-    stage.put(*range(200, 400))  # after the queue ran dry: small again
-    assert len(await anext(taken)) == FIRST_BATCH
+    stage.put(*range(200, 400))  # the queue ran dry but the next poll came at once: still large
+    assert len(await anext(taken)) == 100
+    waiting = asyncio.ensure_future(anext(taken))
+    await asyncio.sleep(0)
+    assert len(await asyncio.wait_for(waiting, 1)) == 100
+    waiting = asyncio.ensure_future(anext(taken))
+    await asyncio.sleep(0.06)  # a lull: nothing came for longer than lull_s
+    stage.put(*range(400, 600))
+    assert len(await asyncio.wait_for(waiting, 1)) == FIRST_BATCH
 
 
 async def test_the_batches_end_when_faust_ends_the_stream() -> None:
