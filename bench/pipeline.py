@@ -374,6 +374,20 @@ def worker_state_changes(metrics_url: str) -> int:
     return int(sum(float(m) for m in re.findall(pattern, text, re.MULTILINE)))
 
 
+def worker_batch_sizes(metrics_url: str) -> dict[str, float]:
+    """Mean events per batch by stage, warm-up included: small batches cost more per record."""
+    text = httpx.get(metrics_url, timeout=5.0).text
+    sums = dict(re.findall(r'^hookline_worker_batch_size_sum\{stage="(\w+)"\} (\S+)$', text, re.M))
+    counts = dict(
+        re.findall(r'^hookline_worker_batch_size_count\{stage="(\w+)"\} (\S+)$', text, re.M)
+    )
+    return {
+        stage: round(float(sums[stage]) / float(count), 1)
+        for stage, count in sorted(counts.items())
+        if float(count) and stage in sums
+    }
+
+
 async def create_baseline_topics(bootstrap: str) -> None:
     specs = [topics.TopicSpec(BASELINE_IN), topics.TopicSpec(BASELINE_OUT)]
     await topics.ensure_topics(bootstrap, specs, PARTITIONS, 1)
@@ -455,6 +469,8 @@ def run_hookline(
             say(f"  py-spy exited with {profiler.returncode}: {errors.decode()[-500:].strip()}")
         changes = worker_state_changes(f"http://127.0.0.1:{web_port}/metrics")
         say(f"worker counted {changes} state changes (sent {len(warmup) + len(records)})")
+        sizes = worker_batch_sizes(f"http://127.0.0.1:{web_port}/metrics")
+        say(f"mean events per batch: {sizes}")
     return result
 
 
