@@ -11,10 +11,10 @@ quiet, an event is processed as soon as it arrives.
 
 How much a batch takes ramps up: ``FIRST_BATCH`` events after a lull (the
 stage waited ``LULL_S`` for an event), twice as many after each full batch,
-up to ``max_events``. A burst's
-first events then cross every stage in small batches (a first output within
-tens of milliseconds, where one 500-event batch per stage took hundreds),
-and a sustained load is still read in full batches.
+up to ``max_events``. A burst's first events then cross every stage in small
+batches (a first output within tens of milliseconds, where one 500-event
+batch per stage took hundreds), and a sustained load is still read in full
+batches.
 
 Acks, the rule that keeps commits honest: an event is acked only when the
 stage asks for the next batch, that is after its batch was processed and its
