@@ -39,15 +39,19 @@ that schema.
 
 from __future__ import annotations
 
-import linecache
 import struct
 from collections.abc import Callable, Mapping
 from decimal import Context, Decimal
 from itertools import count
 from typing import Any
 
-import fastavro
-from hookline.schemas.avro_writer import PRIMITIVES, UnsupportedSchema
+from hookline.schemas.avro_codegen import (
+    PRIMITIVES,
+    SourceBuilder,
+    UnsupportedSchema,
+    load,
+    parsed,
+)
 
 __all__ = ["InvalidData", "Reader", "UnsupportedSchema", "compile_reader"]
 
@@ -56,8 +60,6 @@ __all__ = ["InvalidData", "Reader", "UnsupportedSchema", "compile_reader"]
 Reader = Callable[[bytes, int], tuple[Any, int]]
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
-
-_SOURCES = count()
 
 
 class InvalidData(ValueError):
@@ -201,7 +203,7 @@ def _rounded_decimal(precision: int, scale: int) -> Callable[[int], Decimal]:
 _BOOLEAN: tuple[bool | None, ...] = (False, True) + (None,) * 254
 
 
-class _Compiler:
+class _Compiler(SourceBuilder):
     """Emits the Python source of one reader; each ``emit*`` method reads one value.
 
     Emitted code reads the bytes ``data`` from the local position ``pos`` and
@@ -213,9 +215,7 @@ class _Compiler:
     """
 
     def __init__(self, named: Mapping[str, Any]) -> None:
-        self.named = named
-        self.lines: list[str] = []
-        self.namespace: dict[str, Any] = {
+        namespace: dict[str, Any] = {
             "_BOOLEAN": _BOOLEAN,
             "_Decimal": Decimal,
             "_from_bytes": int.from_bytes,
@@ -232,31 +232,13 @@ class _Compiler:
             "_unpack_float": struct.Struct("<f").unpack_from,
             "_unpack_double": struct.Struct("<d").unpack_from,
         }
-        self._constants = count()
+        super().__init__(named, namespace)
         self._values = count(1)
         self._inlining: list[str] = []
-
-    def constant(self, value: Any, stem: str) -> str:
-        """Bind ``value`` to a fresh global name of the generated module."""
-        name = f"_{stem}{next(self._constants)}"
-        self.namespace[name] = value
-        return name
 
     def fresh(self) -> str:
         """A local name no other value of the reader uses."""
         return f"v{next(self._values)}"
-
-    def line(self, indent: int, text: str) -> None:
-        self.lines.append("    " * indent + text)
-
-    def resolve(self, schema: Any) -> Any:
-        """The definition behind a named-type reference; other schemas as they are."""
-        if isinstance(schema, str) and schema not in PRIMITIVES:
-            try:
-                return self.named[schema]
-            except KeyError:
-                raise UnsupportedSchema(f"unknown named type {schema!r}") from None
-        return schema
 
     def kind(self, schema: Any) -> str:
         """``schema``'s type for code generation: a primitive, a complex type, or "decimal".
@@ -548,9 +530,7 @@ def compile_reader(schema: Any, name: str | None = None) -> Reader:
     :class:`UnsupportedSchema` for what is not compiled; the function raises
     :class:`ValueError` for data that is not a value of the schema.
     """
-    if not (isinstance(schema, dict) and "__named_schemas" in schema):
-        schema = fastavro.parse_schema(schema)  # codec.py passes parsed ones
-    named = schema.get("__named_schemas", {}) if isinstance(schema, dict) else {}
+    schema, named = parsed(schema)
     compiler = _Compiler(named)
     compiler.line(0, "def read(data, pos):")
     compiler.line(1, "size = len(data)")
@@ -560,13 +540,5 @@ def compile_reader(schema: Any, name: str | None = None) -> Reader:
     compiler.line(1, "except IndexError:")
     compiler.line(2, "raise _truncated() from None")
     compiler.line(1, "return v0, pos")
-    source = "\n".join(compiler.lines) + "\n"
-    label = name or (schema.get("name", "") if isinstance(schema, dict) else "")
-    filename = f"<avro reader {label} #{next(_SOURCES)}>"
-    # Tracebacks through generated code show its lines.
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), compiler.namespace)  # noqa: S102 (our own source)
-    read: Reader = compiler.namespace["read"]
-    read.__doc__ = f"Avro binary decoding of a {label or 'value'} (generated; see __source__)."
-    read.__source__ = source  # type: ignore[attr-defined]
+    read: Reader = load(compiler, "read", "reader", schema, name)
     return read

@@ -26,15 +26,19 @@ keep using fastavro for that schema.
 
 from __future__ import annotations
 
-import linecache
 import numbers
 from collections.abc import Callable, Mapping
 from decimal import Decimal
 from functools import cache
-from itertools import count
 from typing import Any
 
-import fastavro
+from hookline.schemas.avro_codegen import (
+    PRIMITIVES,
+    SourceBuilder,
+    UnsupportedSchema,
+    load,
+    parsed,
+)
 
 __all__ = ["UnsupportedSchema", "Writer", "avro_long", "compile_writer"]
 
@@ -43,13 +47,6 @@ Writer = Callable[[Any], bytes]
 
 LONG_MIN, LONG_MAX = -(2**63), 2**63 - 1
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1
-PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
-
-_SOURCES = count()
-
-
-class UnsupportedSchema(ValueError):
-    """The schema uses a type or form :func:`compile_writer` does not compile."""
 
 
 def _varint(value: int) -> bytes:
@@ -227,7 +224,7 @@ def _decimal_encoder(precision: int, scale: int) -> Callable[[Any], bytes]:
     return encode
 
 
-class _Compiler:
+class _Compiler(SourceBuilder):
     """Emits the Python source of one writer; each ``emit*`` method writes one value.
 
     Emitted code appends to the local ``out`` (a bytearray). Values are held in
@@ -237,9 +234,7 @@ class _Compiler:
     """
 
     def __init__(self, named: Mapping[str, Any]) -> None:
-        self.named = named
-        self.lines: list[str] = []
-        self.namespace: dict[str, Any] = {
+        namespace: dict[str, Any] = {
             "_SMALL": _SMALL,
             "_GROUP": _GROUP,
             "_VARINT": _VARINT,
@@ -253,26 +248,8 @@ class _Compiler:
             "_not_boolean": _not_boolean,
             "_not_null": _not_null,
         }
-        self._constants = count()
+        super().__init__(named, namespace)
         self._inlining: list[str] = []
-
-    def constant(self, value: Any, stem: str) -> str:
-        """Bind ``value`` to a fresh global name of the generated module."""
-        name = f"_{stem}{next(self._constants)}"
-        self.namespace[name] = value
-        return name
-
-    def line(self, indent: int, text: str) -> None:
-        self.lines.append("    " * indent + text)
-
-    def resolve(self, schema: Any) -> Any:
-        """The definition behind a named-type reference; other schemas as they are."""
-        if isinstance(schema, str) and schema not in PRIMITIVES:
-            try:
-                return self.named[schema]
-            except KeyError:
-                raise UnsupportedSchema(f"unknown named type {schema!r}") from None
-        return schema
 
     def kind(self, schema: Any) -> str:
         """``schema``'s type for code generation: a primitive, a complex type, or "decimal"."""
@@ -463,22 +440,12 @@ def compile_writer(schema: Any, prefix: bytes = b"", name: str | None = None) ->
     labels the generated source in tracebacks. Raises
     :class:`UnsupportedSchema` for what is not compiled.
     """
-    if not (isinstance(schema, dict) and "__named_schemas" in schema):
-        schema = fastavro.parse_schema(schema)  # codec.py passes parsed ones
-    named = schema.get("__named_schemas", {}) if isinstance(schema, dict) else {}
+    schema, named = parsed(schema)
     compiler = _Compiler(named)
     compiler.namespace["_PREFIX"] = bytes(prefix)
     compiler.line(0, "def write(r0):")
     compiler.line(1, "out = bytearray(_PREFIX)")
     compiler.emit(schema, "r0", 1, 0)
     compiler.line(1, "return bytes(out)")
-    source = "\n".join(compiler.lines) + "\n"
-    label = name or (schema.get("name", "") if isinstance(schema, dict) else "")
-    filename = f"<avro writer {label} #{next(_SOURCES)}>"
-    # Tracebacks through generated code show its lines.
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    exec(compile(source, filename, "exec"), compiler.namespace)  # noqa: S102 (our own source)
-    write: Writer = compiler.namespace["write"]
-    write.__doc__ = f"Avro binary encoding of a {label or 'value'} (generated; see __source__)."
-    write.__source__ = source  # type: ignore[attr-defined]
+    write: Writer = load(compiler, "write", "writer", schema, name)
     return write
