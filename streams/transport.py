@@ -222,9 +222,10 @@ class Consumer(driver.Consumer):
         committed = await self.seek_to_committed()
         # Inputs only: a changelog is sought by the table recovery itself.
         inputs = {tp: offset for tp, offset in committed.items() if self._is_input(tp.topic)}
-        for tp in self.positions.held():  # held, and not in the answer: from the log start
-            if tp not in inputs and tp in self.assignment():
-                inputs[tp] = None
+        missing = self.positions.held() - inputs.keys()
+        if missing:  # held, and not in the answer: from the log start
+            assigned = self.assignment()
+            inputs.update({tp: None for tp in missing if tp in assigned})
         unsought = [tp for tp, offset in inputs.items() if not offset or offset < 0]
         starts = await self.earliest_offsets(*unsought) if unsought else {}
         positions = {tp: offset for tp, offset in inputs.items() if offset and offset > 0}
