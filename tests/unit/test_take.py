@@ -126,30 +126,28 @@ async def test_a_batch_that_failed_is_never_acked() -> None:
     assert stage.acked == []
 
 
-async def test_a_message_two_channels_hold_is_acked_when_both_acked_it() -> None:
-    stage = Stage()
-    message = Message(0, stage.generation, refcount=2)  # queued for two channels
+async def acked_with(stage: Stage, message: Message) -> list[int]:
+    """Offsets the consumer recorded once a batch of ``message`` and offset 1 was processed."""
     stage.channel.queue.put_nowait(Event(message))
     stage.put(1)
     taken = batches(stage, max_events=10)  # type: ignore[arg-type]
     await anext(taken)
     stage.put(2)
-    await anext(taken)
-    assert stage.acked == [1]  # offset 0 still held by the other channel
+    await anext(taken)  # asking for the next batch acks the first
+    return stage.acked
+
+
+async def test_a_message_two_channels_hold_is_acked_when_both_acked_it() -> None:
+    stage = Stage()
+    message = Message(0, stage.generation, refcount=2)  # queued for two channels
+    assert await acked_with(stage, message) == [1]  # offset 0 still held by the other channel
     assert message.refcount == 1
     assert not message.acked
 
 
 async def test_an_acked_message_is_not_acked_again() -> None:
     stage = Stage()
-    message = Message(0, stage.generation, acked=True)
-    stage.channel.queue.put_nowait(Event(message))
-    stage.put(1)
-    taken = batches(stage, max_events=10)  # type: ignore[arg-type]
-    await anext(taken)
-    stage.put(2)
-    await anext(taken)
-    assert stage.acked == [1]
+    assert await acked_with(stage, Message(0, stage.generation, acked=True)) == [1]
 
 
 async def test_events_of_an_earlier_generation_are_dropped_unacked() -> None:
