@@ -28,6 +28,14 @@ still reads on from where it was, past records not yet processed, and those
 records, processed first and acknowledged, let the next commit pass the
 older ones (Faust commits the first run of consecutive acknowledged offsets,
 wherever it starts) and reordered an order's facts across the hand-over.
+Faust itself drops records already delivered: its flow control clears
+every stage's queue when it resumes the flow, and table recovery resumes it
+a last time after the seek, when records of the sought partitions can
+already be queued. Those records would never be processed nor acknowledged,
+and the commit would stop before the first of them for good (a rare stall of
+the crash tests: every record delivered, a partition's commit stuck, no
+error). The consumer has the earliest offset dropped per partition read
+again (:meth:`rewind`).
 A record before it means the partition was sought back by someone else
 (aiokafka resetting an out-of-range position, a seek this module did not
 see): it is delivered and reading continues from there; delivering a record
@@ -84,6 +92,29 @@ class Positions(Generic[P]):
             self._next.pop(tp, None)
             self._resuming.pop(tp, None)
             self._held.discard(tp)
+
+    def rewind(self, dropped: Iterable[tuple[P, int]]) -> dict[P, int]:
+        """Records delivered but then dropped unprocessed: expect the earliest of each again.
+
+        ``dropped`` holds (partition, offset) pairs in any order. A later
+        record of the partition is then :attr:`Verdict.SKIPPED` (the
+        partition is sought back at once), and if none comes the fetch
+        position shows it (:meth:`overtaken`). Returns {partition: offset}
+        for the partitions rewound; a held or unknown partition is left
+        alone (its seek is still to come).
+        """
+        earliest: dict[P, int] = {}
+        for tp, offset in dropped:
+            if offset < earliest.get(tp, offset + 1):
+                earliest[tp] = offset
+        rewound = {}
+        for tp, offset in earliest.items():
+            expected = self._next.get(tp)
+            if expected is not None and offset < expected:
+                self._next[tp] = offset
+                self._resuming.pop(tp, None)
+                rewound[tp] = offset
+        return rewound
 
     def expected(self, tp: P) -> int | None:
         return self._next.get(tp)

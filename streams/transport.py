@@ -62,6 +62,7 @@ from hookline.streams.end_offsets import fetched_end_offsets
 from hookline.streams.positions import Positions, Verdict
 from hookline.streams.take import InputEvent
 from mode import ServiceT
+from mode.utils.queues import FlowControlEvent
 
 #: A partition's queue and the put that signals its pressure (see Consumer._route).
 Route = tuple[Any, Callable[[Any], bool]]
@@ -122,6 +123,39 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         return await fetched_end_offsets(settings, reported)
 
 
+def read_cleared_records_again(
+    flow: FlowControlEvent,
+    positions: Positions[TP],
+    is_input: Callable[[str], bool],
+    rewound: Callable[[TP, int], None],
+) -> None:
+    """Have the input records that Faust's flow control drops from its queues read again.
+
+    ``FlowControlEvent.resume()`` clears every queue it manages (the stages'
+    among them), and table recovery resumes the flow once more after seeking
+    the assigned partitions: records delivered in between were dropped
+    unprocessed, never acknowledged, and the partition's commit stopped
+    before the first of them for good. So the queues are read just before
+    they are cleared, and each input partition is expected again from its
+    earliest dropped offset (:meth:`Positions.rewind`); ``rewound`` is told
+    of each partition rewound.
+    """
+    clear = flow.clear
+
+    def clear_and_rewind() -> None:
+        dropped = [
+            (message.tp, message.offset)
+            for queue in flow._queues
+            for item in queue._queue  # type: ignore[attr-defined]
+            if (message := getattr(item, "message", None)) is not None and is_input(message.topic)
+        ]
+        clear()
+        for tp, offset in positions.rewind(dropped).items():
+            rewound(tp, offset)
+
+    flow.clear = clear_and_rewind  # type: ignore[method-assign]  # resume() calls self.clear()
+
+
 #: How often the consumer checks for records fetched but never delivered.
 OVERTAKEN_CHECK_S = 1.0
 
@@ -138,6 +172,18 @@ class Consumer(driver.Consumer):
         #: through Faust's handler), for one group generation.
         self._routes: dict[TP, Route | None] = {}
         self._routes_generation: int | None = None
+        self._read_cleared_records_again()
+
+    def _read_cleared_records_again(self) -> None:
+        def rewound(tp: TP, offset: int) -> None:
+            self.log.info(
+                "%s[%s]: queued records from offset %s dropped by flow control; reading them again",
+                tp.topic,
+                tp.partition,
+                offset,
+            )
+
+        read_cleared_records_again(self.app.flow_control, self.positions, self._is_input, rewound)
 
     def _new_consumer_thread(self) -> ConsumerThread:
         return ConsumerThread(self, loop=self.loop, beacon=self.beacon)

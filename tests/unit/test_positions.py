@@ -120,3 +120,34 @@ def test_a_revoked_partition_is_no_longer_held() -> None:
     positions.forget([TP])
     assert positions.held() == set()
     assert positions.check(TP, 7) is Verdict.DELIVER  # unknown again, as before any assignment
+
+
+def test_records_dropped_after_delivery_are_expected_again_from_the_earliest() -> None:
+    """Faust's flow control clears queued records it had already been handed."""
+    positions: Positions[tuple[str, int]] = Positions()
+    other = ("production.webhooks.raw", 1)
+    held = ("production.webhooks.raw", 2)
+    positions.expect({TP: 154, other: 10})
+    for offset in range(154, 160):
+        positions.delivered(TP, offset)
+    positions.delivered(other, 10)
+    positions.hold([held])
+    dropped = [(TP, 157), (TP, 155), (TP, 159), (other, 11), (held, 3)]
+    # ``other`` 11 was never delivered (expected is 11): nothing to read again.
+    assert positions.rewind(dropped) == {TP: 155}
+    assert positions.expected(TP) == 155
+    assert positions.expected(other) == 11
+    assert positions.held() == {held}  # its seek is still to come
+    # The fetcher is past them: the next record shows the jump and is read again from 155.
+    assert positions.check(TP, 160) is Verdict.SKIPPED
+    assert positions.check(TP, 155) is Verdict.DELIVER
+
+
+def test_dropped_records_found_last_by_the_fetch_position() -> None:
+    clock = Clock()
+    positions: Positions[tuple[str, int]] = Positions(clock)
+    positions.expect({TP: 0})
+    for offset in range(0, 40):
+        positions.delivered(TP, offset)
+    positions.rewind([(TP, 30)])
+    assert positions.overtaken({TP: 40}, positions.snapshot()) == {TP: 30}
