@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
+import uvloop
 from _common import (
     BENCH,
     DEV_SOURCES,
@@ -497,6 +498,8 @@ def main() -> int:
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.forward:
+        # The worker runs on uvloop (hookline/cli.py): so does its baseline.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         asyncio.run(forward(args.bootstrap))
         return 0
 
