@@ -95,7 +95,7 @@ class WorkerMetrics:
             "hookline_worker_batch_size",
             "Inputs per processed batch, by stage.",
             ["stage"],
-            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500),
+            buckets=(1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000),
             registry=r,
         )
 
