@@ -28,11 +28,11 @@ def murmur2(data: bytes) -> int:
     return murmurhash2(data, KAFKA_SEED)
 
 
-def partition_for(key: bytes, partitions: Sequence[int]) -> int:
-    """The partition of ``key`` among a topic's sorted partition ids (as aiokafka's default)."""
-    return partitions[(murmurhash2(key, KAFKA_SEED) & 0x7FFFFFFF) % len(partitions)]
-
-
 def key_hash(key: bytes) -> int:
     """``murmur2(key)`` as the default partitioner uses it (positive)."""
     return murmurhash2(key, KAFKA_SEED) & 0x7FFFFFFF
+
+
+def partition_for(key: bytes, partitions: Sequence[int]) -> int:
+    """The partition of ``key`` among a topic's sorted partition ids (as aiokafka's default)."""
+    return partitions[key_hash(key) % len(partitions)]
