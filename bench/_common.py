@@ -12,6 +12,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,51 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """The machine's CPU time so far, in clock ticks: all of it, and what the hypervisor took."""
+
+    total: int
+    steal: int
+
+
+def parse_cpu_times(proc_stat: str) -> CpuTimes:
+    """The aggregate ``cpu`` line of /proc/stat: user nice system idle iowait irq softirq steal ...
+
+    guest and guest_nice (fields 9 and 10) are already counted in user and
+    nice, so only the first eight fields make up the total.
+    """
+    for line in proc_stat.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu":
+            ticks = [int(value) for value in fields[1:9]]
+            ticks += [0] * (8 - len(ticks))  # kernels before 2.6.11 have no steal field
+            return CpuTimes(total=sum(ticks), steal=ticks[7])
+    raise ValueError("no aggregate 'cpu' line in /proc/stat")
+
+
+def cpu_times() -> CpuTimes | None:
+    """This machine's CPU times now (None where there is no /proc/stat)."""
+    try:
+        return parse_cpu_times(Path("/proc/stat").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: CpuTimes | None, after: CpuTimes | None) -> float:
+    """The share of the machine's CPU time the hypervisor gave to other guests in between.
+
+    Why it is measured: on a shared VM the host sometimes takes a quarter or
+    more of the vCPUs' time for seconds at a stretch; every process here then
+    runs slower at once, the load generator included, and a latency
+    percentile measured meanwhile describes the host, not the server under
+    test. NaN when unknown (no /proc/stat, or no time passed).
+    """
+    if before is None or after is None or after.total <= before.total:
+        return float("nan")
+    return (after.steal - before.steal) / (after.total - before.total)
 
 
 def load_average() -> float:

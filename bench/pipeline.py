@@ -58,11 +58,13 @@ from _common import (
     PAYLOADS,
     REPO,
     cpu_seconds,
+    cpu_times,
     hookline_command,
     hookline_env,
     load_average,
     print_json,
     say,
+    steal_share,
     table,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -101,6 +103,8 @@ class RunResult:
     #: loop with the sender) was doing then.
     first_written_seconds: float = float("nan")
     mover_cpu_seconds: float = float("nan")
+    #: Share of the machine's CPU time the hypervisor took meanwhile (bench/_common.py).
+    steal_share: float = float("nan")
 
     @property
     def rate(self) -> float:
@@ -134,6 +138,7 @@ class RunResult:
             "first_out_ms": round(1000 * self.first_written_seconds, 1),
             "first_seen_ms": round(1000 * self.first_seconds, 1),
             "cpu_ms_per_record": round(self.cpu_ms_per_record, 4),
+            "steal_share": round(self.steal_share, 4),
         }
 
 
@@ -411,11 +416,15 @@ def run_baseline(
         asyncio.run(move(bootstrap, warmup, BASELINE_IN, BASELINE_OUT, b"", "warm-up", 60))
         for run in range(1, runs + 1):
             say(f"  baseline run {run}/{runs}: {len(records)} records, {BASELINE_IN} -> out")
-            cpu_before = cpu_seconds(forwarder.pid)
+            cpu_before, machine_before = cpu_seconds(forwarder.pid), cpu_times()
             result = asyncio.run(
                 move(bootstrap, records, BASELINE_IN, BASELINE_OUT, b"", "baseline", timeout)
             )
-            result = replace(result, mover_cpu_seconds=cpu_seconds(forwarder.pid) - cpu_before)
+            result = replace(
+                result,
+                mover_cpu_seconds=cpu_seconds(forwarder.pid) - cpu_before,
+                steal_share=steal_share(machine_before, cpu_times()),
+            )
             say(f"  baseline run {run}/{runs}: {result.rate:.0f} records/s ({result.seconds:.2f}s)")
             measured.append(result)
     finally:
@@ -457,13 +466,17 @@ def run_hookline(
         asyncio.run(move(bootstrap, warmup, raw_topic, changes_topic, warm_prefix, "warm-up", 60))
         say(f"  hookline: {len(records)} records {raw_topic} -> {changes_topic}")
         worker_pid = worker.process.pid if worker.process else None
-        cpu_before = cpu_seconds(worker_pid)
+        cpu_before, machine_before = cpu_seconds(worker_pid), cpu_times()
         bench_prefix = f"bench-{tag}".encode()
         profiler = None if profile is None else start_profiler(worker_pid, profile, profile_seconds)
         result = asyncio.run(
             move(bootstrap, records, raw_topic, changes_topic, bench_prefix, "hookline", timeout)
         )
-        result = replace(result, mover_cpu_seconds=cpu_seconds(worker_pid) - cpu_before)
+        result = replace(
+            result,
+            mover_cpu_seconds=cpu_seconds(worker_pid) - cpu_before,
+            steal_share=steal_share(machine_before, cpu_times()),
+        )
         say(f"  hookline: {result.rate:.0f} records/s ({result.seconds:.1f}s)")
         if profiler is not None:
             _, errors = profiler.communicate(timeout=profile_seconds + 60)
@@ -541,6 +554,8 @@ def main() -> int:
                 "cpu_ms_per_record": round(hookline.cpu_ms_per_record, 4),
                 "first_out_ms": round(1000 * hookline.first_written_seconds, 1),
                 "first_seen_ms": round(1000 * hookline.first_seconds, 1),
+                "steal_share": round(hookline.steal_share, 4),
+                "baseline_steal_share": round(baseline.steal_share, 4),
                 "partitions": PARTITIONS,
                 "baseline_runs": args.baseline_runs,
                 "movers": [r.as_json(baseline) for r in (baseline, hookline)],
@@ -567,6 +582,7 @@ def main() -> int:
             f"{1000 * r.first_written_seconds:.0f}",
             f"{1000 * r.first_seconds:.0f}",
             f"{r.cpu_ms_per_record:.2f}",
+            f"{100 * r.steal_share:.1f}",
         ]
         for r in (baseline, hookline)
     ]
@@ -580,6 +596,7 @@ def main() -> int:
         "first out ms",
         "first seen ms",
         "CPU ms/rec",
+        "steal %",
     ]
     print(table(headers, rows))
     print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
