@@ -32,6 +32,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return value
 
 
+#: Above this a fetch could outlive aiokafka's request timeout (40 s) on a
+#: slow broker; no broker needs more than a few seconds to answer an empty one.
+MAX_FETCH_WAIT_MS = 10_000
+
+
+def _fetch_wait(env: Mapping[str, str]) -> int:
+    name = "HOOKLINE_FETCH_MAX_WAIT_MS"
+    value = _int(env, name, 20)
+    if value > MAX_FETCH_WAIT_MS:
+        raise SettingsError(f"{name} must be <= {MAX_FETCH_WAIT_MS}, got {value}")
+    return value
+
+
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name)
     if raw is None or raw == "":
@@ -83,6 +96,12 @@ class Settings:
     data_dir: Path = Path(".hookline")
     commit_interval_s: float = 1.0
     session_timeout_s: float = 30.0
+    #: How long the worker's fetch waits on the broker for partitions with no
+    #: new records (streams/transport.py). Kafka answers as soon as a record
+    #: arrives, so 500 costs it no latency; the embedded broker answers only
+    #: near the end of the wait, so the default is short, at the price of
+    #: ~45 empty fetches a second on an idle worker.
+    fetch_max_wait_ms: int = 20
     #: None: as long as order_retention_days (a transaction fact must never
     #: miss an order that is still live).
     join_retention_days: float | None = None
@@ -123,6 +142,7 @@ class Settings:
             data_dir=Path(env.get("HOOKLINE_DATA_DIR") or ".hookline"),
             commit_interval_s=_float(env, "HOOKLINE_COMMIT_INTERVAL", 1.0),
             session_timeout_s=_float(env, "HOOKLINE_SESSION_TIMEOUT", 30.0),
+            fetch_max_wait_ms=_fetch_wait(env),
             join_retention_days=(
                 _float(env, "HOOKLINE_JOIN_RETENTION_DAYS", 1.0)
                 if env.get("HOOKLINE_JOIN_RETENTION_DAYS")

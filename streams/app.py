@@ -78,6 +78,8 @@ def create_app(
         max_json_depth=settings.max_json_depth,
         fence_dir=settings.data_dir / "worker" / "fences" if settings.store == "rocksdb" else None,
     )
+    # Read by streams/transport.py when it creates the consumer.
+    app.hookline_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
     app.hookline_pipelines = [  # type: ignore[attr-defined]
         EnvironmentPipeline(app, env, config, sources, metrics) for env in ENVIRONMENTS
     ]
