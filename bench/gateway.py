@@ -32,7 +32,8 @@ other guests meanwhile (``steal`` in /proc/stat). On this kind of shared VM
 the host now and then takes a quarter of the vCPUs' time for a second or two;
 the gateway, the broker and the load generator all slow down at once, and a
 half-load p99 measured then is the host's (observed: 178 ms with 17 % stolen,
-against 4-11 ms in the runs around it with under 0.5 %). A half-load run that
+against 4-15 ms in the other 39 runs of that series, with under 0.5 %;
+docs/performance.md, "Gateway, raw client"). A half-load run that
 lost more than ``--max-steal`` (1 %) is repeated, up to
 ``--half-load-attempts`` runs, and every run is reported: the repeated ones in
 the table and under ``half_load.repeated`` in the JSON, and a counted run
