@@ -68,7 +68,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 from faust.types import TP, EventT, TableT, TopicT
-from hookline.core.partitioner import key_hash
+from hookline.core.partitioner import partition_for
 from hookline.streams.fencing import generation_header
 from hookline.streams.membership import confirm_membership
 
@@ -109,7 +109,7 @@ async def send_acknowledged(
             if partitions is None:
                 partitions = ids[topic] = sorted(await producer.partitions_for(topic))
             # Every output has a key; a keyless one would go where b"" goes.
-            partition = partitions[key_hash(key or b"") % len(partitions)]
+            partition = partition_for(key or b"", partitions)
         builders = batches.get((topic, partition))
         if builders is None:
             builders = batches[(topic, partition)] = [producer.create_batch()]
