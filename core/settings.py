@@ -19,7 +19,9 @@ class SettingsError(ValueError):
     """A setting has a value hookline cannot use."""
 
 
-def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+def _int(
+    env: Mapping[str, str], name: str, default: int, minimum: int = 1, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if raw is None or raw == "":
         return default
@@ -29,20 +31,16 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
     if value < minimum:
         raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise SettingsError(f"{name} must be <= {maximum}, got {value}")
     return value
 
 
+#: Short for the embedded broker (see ``Settings.fetch_max_wait_ms``).
+DEFAULT_FETCH_MAX_WAIT_MS = 20
 #: Above this a fetch could outlive aiokafka's request timeout (40 s) on a
 #: slow broker; no broker needs more than a few seconds to answer an empty one.
 MAX_FETCH_WAIT_MS = 10_000
-
-
-def _fetch_wait(env: Mapping[str, str]) -> int:
-    name = "HOOKLINE_FETCH_MAX_WAIT_MS"
-    value = _int(env, name, 20)
-    if value > MAX_FETCH_WAIT_MS:
-        raise SettingsError(f"{name} must be <= {MAX_FETCH_WAIT_MS}, got {value}")
-    return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
@@ -101,7 +99,7 @@ class Settings:
     #: arrives, so 500 costs it no latency; the embedded broker answers only
     #: near the end of the wait, so the default is short, at the price of
     #: ~45 empty fetches a second on an idle worker.
-    fetch_max_wait_ms: int = 20
+    fetch_max_wait_ms: int = DEFAULT_FETCH_MAX_WAIT_MS
     #: None: as long as order_retention_days (a transaction fact must never
     #: miss an order that is still live).
     join_retention_days: float | None = None
@@ -142,7 +140,12 @@ class Settings:
             data_dir=Path(env.get("HOOKLINE_DATA_DIR") or ".hookline"),
             commit_interval_s=_float(env, "HOOKLINE_COMMIT_INTERVAL", 1.0),
             session_timeout_s=_float(env, "HOOKLINE_SESSION_TIMEOUT", 30.0),
-            fetch_max_wait_ms=_fetch_wait(env),
+            fetch_max_wait_ms=_int(
+                env,
+                "HOOKLINE_FETCH_MAX_WAIT_MS",
+                DEFAULT_FETCH_MAX_WAIT_MS,
+                maximum=MAX_FETCH_WAIT_MS,
+            ),
             join_retention_days=(
                 _float(env, "HOOKLINE_JOIN_RETENTION_DAYS", 1.0)
                 if env.get("HOOKLINE_JOIN_RETENTION_DAYS")

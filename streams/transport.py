@@ -63,6 +63,7 @@ from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
+from hookline.core.settings import DEFAULT_FETCH_MAX_WAIT_MS
 from hookline.streams.end_offsets import fetched_end_offsets
 from hookline.streams.positions import Positions, Verdict
 from hookline.streams.take import InputEvent
@@ -72,8 +73,6 @@ from mode.utils.queues import FlowControlEvent
 #: A partition's queue and the put that signals its pressure (see Consumer._route).
 Route = tuple[Any, Callable[[Any], bool]]
 
-#: The default of ``HOOKLINE_FETCH_MAX_WAIT_MS`` (core/settings.py).
-FETCH_MAX_WAIT_MS = 20
 #: aiokafka sends no fetch to a broker while any of its partitions holds
 #: records fetched less than this long ago and not yet consumed (its default:
 #: 100 ms).
@@ -84,7 +83,7 @@ YIELD_EVERY = 100
 
 def fetch_max_wait_ms(app: Any) -> int:
     """The app's fetch wait (streams/app.py sets it from the settings), else the default."""
-    return int(getattr(app, "hookline_fetch_max_wait_ms", FETCH_MAX_WAIT_MS))
+    return int(getattr(app, "hookline_fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS))
 
 
 class ConsumerThread(driver.AIOKafkaConsumerThread):

@@ -6,13 +6,17 @@ import asyncio
 from dataclasses import replace
 
 import pytest
-from hookline.core.settings import DEV_SOURCES, Settings, SettingsError
+from hookline.core.settings import DEFAULT_FETCH_MAX_WAIT_MS, DEV_SOURCES, Settings, SettingsError
 from hookline.streams.app import create_app
-from hookline.streams.transport import FETCH_MAX_WAIT_MS
+from hookline.streams.transport import fetch_max_wait_ms
 
 
 def test_default_is_the_short_wait_the_embedded_broker_needs() -> None:
-    assert Settings.from_env({}).fetch_max_wait_ms == FETCH_MAX_WAIT_MS == 20
+    assert Settings.from_env({}).fetch_max_wait_ms == DEFAULT_FETCH_MAX_WAIT_MS == 20
+
+
+def test_an_app_not_built_by_create_app_fetches_with_the_default() -> None:
+    assert fetch_max_wait_ms(object()) == 20
 
 
 @pytest.mark.parametrize("value", ["1", "500", "10000"])
