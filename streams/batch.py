@@ -1,5 +1,8 @@
 """Outputs first, state second: the rule that makes crash recovery exact.
 
+(Table ``orders``, which two stages write, reverses it, with an outbox in
+each record: see :meth:`Batch.flush` and streams/redelivery.py.)
+
 A stateful stage handles its input in batches. For each batch it computes
 every output record and every table write, sends the outputs, waits until
 Kafka acknowledged all of them, and only then writes the table. So:
@@ -71,11 +74,13 @@ from faust.types import TP, EventT, TableT, TopicT
 from hookline.core.partitioner import partition_for
 from hookline.streams.fencing import generation_header
 from hookline.streams.membership import confirm_membership
+from hookline.streams.redelivery import renew
 
 Output = tuple[str, bytes, bytes | None, int | None, list[tuple[str, bytes]] | None]
 
 #: Test-only fault injection: ``HOOKLINE_FAIL_SENDS=<stage>`` makes that stage's
-#: first batch with outputs fail its sends, as a broker refusing them would.
+#: first batch with outputs fail to send them, as a broker refusing them would
+#: (after its changelog records, in a state-first batch).
 _FAIL_SENDS = set(filter(None, os.environ.get("HOOKLINE_FAIL_SENDS", "").split(",")))
 
 #: Test-only: ``HOOKLINE_STOP_BEFORE_FLUSH=<stage>`` makes the worker stop itself
@@ -138,6 +143,12 @@ class Batch:
 
     Table values are stored encoded (``encode``/``decode``); within a batch
     they stay decoded, so a key touched many times is decoded once.
+
+    ``state_first`` reverses the rule for a table whose inputs come from more
+    than one topic (``orders``: see :meth:`flush`); ``on_read`` sees every
+    value read from the store (not from this batch's own writes), and may
+    add outputs for it; ``on_write`` sees every value about to be written,
+    with the input event that wrote it last.
     """
 
     def __init__(
@@ -149,9 +160,13 @@ class Batch:
         stage: str = "",
         stamp: Callable[[int, int], int] | None = None,
         on_written: Callable[[dict[int, tuple[int, int]]], None] | None = None,
+        state_first: bool = False,
+        on_read: Callable[[Batch, EventT, bytes, Any], None] | None = None,
+        on_write: Callable[[EventT, Any], None] | None = None,
     ) -> None:
         self.table = table
         self.stage = stage
+        self.state_first = state_first
         #: The group generation the batch's inputs were read in (fencing).
         self.generation = table.app.consumer_generation_id
         self._stamp = stamp or (lambda partition, generation: generation)
@@ -159,6 +174,8 @@ class Batch:
         self._encode = encode
         self._decode = decode
         self._on_put = on_put
+        self._on_read = on_read
+        self._on_write = on_write
         self._sends: list[Output] = []
         self._writes: dict[bytes, tuple[EventT, Any]] = {}
 
@@ -169,7 +186,16 @@ class Batch:
             value = pending[1]
             return None if value is DELETE else value
         stored = _read(self.table.data, key, event.message.partition)
-        return None if stored is None else self._decode(stored)
+        if stored is None:
+            return None
+        value = self._decode(stored)
+        if self._on_read is not None:
+            self._on_read(self, event, key, value)
+            pending = self._writes.get(key)  # on_read may have written it
+            if pending is not None:
+                value = pending[1]
+                return None if value is DELETE else value
+        return value
 
     def put(self, event: EventT, key: bytes, value: Any) -> None:
         self._writes[key] = (event, value)
@@ -200,16 +226,83 @@ class Batch:
         return len(self._sends)
 
     async def flush(self) -> None:
-        """Send the outputs, wait for their acknowledgements; then the changelog
-        records, wait again; then write the local store (and the changelog
-        offsets it has)."""
+        """Send the outputs and write the state, in the order that keeps a crash exact.
+
+        Outputs first (the default): the outputs, awaited; then the changelog
+        records, awaited; then the local store. A table entry then proves its
+        outputs exist, and an input whose entry was lost is processed again
+        and re-emits the same records: exact as long as every input of the
+        table comes from one log, replayed in the same order.
+
+        State first: the changelog records, awaited, and the local store; then
+        the outputs. For a table fed by two logs (``orders``: order events
+        straight from ``raw``, transaction updates from ``order-inputs``) a
+        replay after a crash may meet the inputs in another order, and an
+        output sent but not recorded could be computed again differently. So
+        a version is decided once its changelog record is acknowledged, and
+        the record carries the outputs it owes (streams/pipeline.py sends
+        them again when the writer may have died first).
+        """
+        await self.confirm()
+        if self.state_first:
+            await self.write_state_then_send()
+        else:
+            await self.send_outputs()
+            await self.write_state()
+
+    async def write_state_then_send(self, *others: Batch) -> None:
+        """State first: the changelog and store, then the outputs (and ``others``').
+
+        Interrupted in between (a cancelled stage), the records written may
+        owe their outputs while this process goes on: it renews its identity,
+        so they are read as another writer's and sent again
+        (streams/redelivery.py).
+        """
+        try:
+            await self.write_state()
+            await self.send_outputs(*others)
+        except BaseException:
+            renew()
+            raise
+
+    async def confirm(self) -> None:
+        """Before anything leaves: still the owner? (streams/membership.py)."""
+        if self._writes and self.stage in _STOP_BEFORE_FLUSH:
+            _STOP_BEFORE_FLUSH.discard(self.stage)
+            os.kill(os.getpid(), signal.SIGSTOP)
+        if self._sends or self._writes:
+            # Still the owner? An evicted member must not send (streams/membership.py).
+            await confirm_membership(self.table.app, self.generation)
+
+    async def send_outputs(self, *others: Batch) -> None:
+        """Send this batch's outputs (and ``others``'), wait for their acknowledgements."""
+        sends = self._sends
+        for other in others:
+            sends = sends + other._sends
+        producer = self.table.app.producer._ensure_producer()
+        await send_acknowledged(producer, sends, self.stage)
+        self._sends.clear()
+        for other in others:
+            other._sends.clear()
+
+    async def write_state(self) -> None:
+        """Send the changelog records, wait for them; then write the local store
+        (and the changelog offsets it has)."""
+        if not self._writes:
+            return
         table = self.table
         changelog = _name(table.changelog_topic)
         headers: dict[int, list[tuple[str, bytes]]] = {}
         writes: list[tuple[bytes, EventT, bytes | None]] = []
         records: list[Output] = []
+        on_write = self._on_write
         for key, (event, value) in self._writes.items():
-            encoded = None if value is DELETE else self._encode(value)
+            if value is DELETE:
+                encoded = None
+            else:
+                if on_write is not None:
+                    on_write(event, value)
+                encoded = self._encode(value)
             writes.append((key, event, encoded))
             partition = event.message.partition
             stamped = headers.get(partition)
@@ -218,30 +311,21 @@ class Batch:
                     self._stamp(partition, self.generation)
                 )
             records.append((changelog, key, encoded, partition, stamped))
-        if writes and self.stage in _STOP_BEFORE_FLUSH:
-            _STOP_BEFORE_FLUSH.discard(self.stage)
-            os.kill(os.getpid(), signal.SIGSTOP)
-        if self._sends or records:
-            # Still the owner? An evicted member must not send (streams/membership.py).
-            await confirm_membership(table.app, self.generation)
         producer = table.app.producer._ensure_producer()
-        await send_acknowledged(producer, self._sends, self.stage)
-        last = await send_acknowledged(producer, records, self.stage)
+        last = await send_acknowledged(producer, records)
         store: Any = table.data
         for key, event, encoded in writes:
             if encoded is None:
                 _delete(store, key, event.message.partition)
             else:
                 _write(store, key, encoded, event.message.partition)
-        if writes:
-            newest = {p: offset for (topic, p), offset in last.items() if topic == changelog}
-            for partition, offset in newest.items():
-                store.set_persisted_offset(TP(changelog, partition), offset)
-            if self._on_written is not None:
-                self._on_written(
-                    {p: (offset, self._stamp(p, self.generation)) for p, offset in newest.items()}
-                )
-        self._sends.clear()
+        newest = {p: offset for (topic, p), offset in last.items() if topic == changelog}
+        for partition, offset in newest.items():
+            store.set_persisted_offset(TP(changelog, partition), offset)
+        if self._on_written is not None:
+            self._on_written(
+                {p: (offset, self._stamp(p, self.generation)) for p, offset in newest.items()}
+            )
         self._writes.clear()
 
 
