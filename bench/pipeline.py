@@ -6,8 +6,9 @@ plain aiokafka loop that consumes one topic and produces every record to
 another (acks=all, waiting for each batch's acknowledgements, committing
 every second: what a Faust agent does too) over the same records. The ratio
 ``hookline / baseline`` is then the share of bare Kafka throughput that is
-left after hookline's four stages (normalize, dedup, transactions, orders),
-its tables and its extra output topics.
+left after hookline's stages (intake: normalize, dedup and, for these
+deliveries, the order state; transactions), its tables and its extra output
+topics.
 
 What runs: an embedded broker (Tansu), one ``hookline worker`` (memory
 store, 4 partitions) and, for the baseline, this script again as a

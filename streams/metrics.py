@@ -69,6 +69,14 @@ class WorkerMetrics:
             ["environment"],
             registry=r,
         )
+        self.republished = Counter(
+            "hookline_worker_republished_changes",
+            "Order changes sent again because the worker that decided them died before "
+            "committing their inputs, perhaps before sending them (streams/redelivery.py). "
+            "Byte-identical repeats of a version.",
+            ["environment"],
+            registry=r,
+        )
         self.end_to_end = Histogram(
             "hookline_worker_end_to_end_seconds",
             "Gateway received_at to order state produced.",

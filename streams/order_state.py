@@ -90,6 +90,10 @@ def new_order(order_id: str, environment: str) -> dict[str, Any]:
         "amount_event_id": "",
         "retired": False,
         "expires_at": 0,
+        "outbox": [],
+        "written_by": "",
+        "input_topic": "",
+        "input_offset": -1,
     }
 
 

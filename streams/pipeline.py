@@ -5,9 +5,15 @@
     <env>.hookline.transaction-facts (key transaction id)
                                    + <env>.webhooks.events + <env>.webhooks.deadletter
       -> transactions [table transactions]   streams/join.py
-    <env>.hookline.order-inputs   (key order id)   <- also order events from dedup
+    <env>.hookline.order-inputs   (key order id)   <- also order events from intake
       -> orders [table orders]     streams/order_state.py
     <env>.orders.changes, <env>.orders.state (key order id)
+
+An order event whose order lives in the partition of its raw record (the
+gateway partitions raw by the order id when the webhook names one) skips
+``order-inputs``: intake applies it to table ``orders`` itself, in the same
+batch, as the orders stage would. Both stages then write the table, one batch
+at a time (``StateTable.lock``), state first (streams/redelivery.py).
 
 Each environment has its own topics, tables and changelogs: sandbox records
 never share a topic with production ones.
@@ -25,8 +31,9 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import faust
-from faust.types import EventT, StreamT, TopicT
+from faust.types import TP, EventT, StreamT, TopicT
 from hookline.core import topics
+from hookline.core.partitioner import partition_for
 from hookline.core.sources import Source
 from hookline.schemas import codec
 from hookline.streams.activation import AwaitingActivation
@@ -38,7 +45,8 @@ from hookline.streams.join import apply_to_transaction
 from hookline.streams.membership import Fenced
 from hookline.streams.metrics import WorkerMetrics
 from hookline.streams.normalize import DeadLetter, dead_letter, normalize
-from hookline.streams.order_state import apply_event, apply_update, retire
+from hookline.streams.order_state import OrderResult, apply_event, apply_update, retire
+from hookline.streams.redelivery import MAX_OUTBOX, stamped, unpublished
 from hookline.streams.routing import routes
 from hookline.streams.take import batches
 
@@ -126,12 +134,20 @@ class StateTable:
         schema: str,
         expired: Any,
         on_expired: Callable[[Any], Any] | None = None,
+        state_first: bool = False,
+        on_read: Callable[[Batch, EventT, bytes, Any], None] | None = None,
     ) -> None:
         self.table = table
         self._expired = expired  # the counter for this table
         self.encode = lambda record: codec.encode(schema, record)
         self.decode = lambda data: codec.decode_as(schema, data)
         self.expiry = Expiry(table, self.decode, on_expired)
+        self.state_first = state_first
+        self.on_read = on_read
+        #: Held by a batch from its first read of the table to its last
+        #: acknowledgement, when more than one stage writes the table: a batch
+        #: must not read what another is still sending.
+        self.lock = asyncio.Lock()
 
     def batch(self, stage: str) -> Batch:
         return Batch(
@@ -142,14 +158,43 @@ class StateTable:
             stage=stage,
             stamp=self.table.stamp,
             on_written=self.table.written,
+            state_first=self.state_first,
+            on_read=self.on_read,
+            on_write=_stamp if self.state_first else None,
         )
 
-    async def finish(self, batch: Batch, clock: StreamTime) -> None:
-        """Delete what expired, then send outputs, await acks, write the table."""
+    def sweep(self, batch: Batch, clock: StreamTime) -> None:
+        """Write what expired into the batch (deleted, or retired)."""
         deleted = self.expiry.sweep(batch, clock)
-        await batch.flush()
         if deleted:
             self._expired.inc(deleted)
+
+    async def finish(self, batch: Batch, clock: StreamTime) -> None:
+        """Sweep what expired, then send the outputs and write the table (Batch.flush)."""
+        self.sweep(batch, clock)
+        await batch.flush()
+
+
+def _stamp(event: EventT, record: dict[str, Any]) -> None:
+    """Name this process and the input as the record's writer (streams/redelivery.py)."""
+    message = event.message
+    stamped(record, message.topic, message.offset)
+
+
+class OrderBatch:
+    """A batch of table ``orders`` and what its changes are reported with."""
+
+    __slots__ = ("batch", "clock", "full", "received", "transitions")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.clock = StreamTime()
+        #: An order's outbox reached MAX_OUTBOX: flush before the next input.
+        self.full = False
+        #: When each change's cause arrived (for the end-to-end latency).
+        self.received: list[int] = []
+        #: (partition, before, after) of each change (for activation).
+        self.transitions: list[tuple[int, Any, Any]] = []
 
 
 class EnvironmentPipeline:
@@ -182,7 +227,16 @@ class EnvironmentPipeline:
         self.dedup_store = self._table("dedup", codec.DEDUP_ENTRY)
         self.transaction_store = self._table("transactions", codec.TRANSACTION_RECORD)
         # An order is retired, never deleted: its versions must never restart.
-        self.order_store = self._table("orders", codec.ORDER_RECORD, on_expired=retire)
+        self.order_store = self._table(
+            "orders",
+            codec.ORDER_RECORD,
+            on_expired=retire,
+            state_first=True,
+            on_read=self._publish_owed,
+        )
+        #: The partition ids of raw and of the tables (the worker checks at
+        #: start that raw has HOOKLINE_PARTITIONS).
+        self._partition_ids = range(config.partitions)
         self.awaiting = AwaitingActivation(self.order_store.table, self.order_store.decode)
         metrics.watch_awaiting(env, self.awaiting)
 
@@ -208,7 +262,12 @@ class EnvironmentPipeline:
         )
 
     def _table(
-        self, name: str, schema: str, on_expired: Callable[[Any], Any] | None = None
+        self,
+        name: str,
+        schema: str,
+        on_expired: Callable[[Any], Any] | None = None,
+        state_first: bool = False,
+        on_read: Callable[[Batch, EventT, bytes, Any], None] | None = None,
     ) -> StateTable:
         changelog = self.app.topic(
             topics.changelog(self.env, name),
@@ -235,7 +294,14 @@ class EnvironmentPipeline:
         table.on_fenced = self.metrics.fenced.labels(self.env, name).inc
         if self.config.fence_dir is not None:
             table.keep_fence_in(self.config.fence_dir / f"{self.env}.{name}.json")
-        return StateTable(table, schema, self.metrics.expired.labels(self.env, name), on_expired)
+        return StateTable(
+            table,
+            schema,
+            self.metrics.expired.labels(self.env, name),
+            on_expired,
+            state_first=state_first,
+            on_read=on_read,
+        )
 
     def _batches(self, stream: StreamT) -> Any:
         return batches(stream, self.config.batch_max)
@@ -247,59 +313,76 @@ class EnvironmentPipeline:
         The gateway partitions ``raw`` by the ordering key, which every retry
         of a delivery shares (same content, same claims, same envelope id),
         so a retry meets the first copy's dedup entry in this partition.
+
+        A batch writes two tables: ``orders`` (its order events that live in
+        their raw record's partition) and then ``dedup``. The order is what
+        keeps a crash exact: the orders records (state first, then every
+        output of the batch) are acknowledged before the dedup entries that
+        say their deliveries were handled.
         """
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("intake").observe(len(events))
             batch, clock = self.dedup_store.batch("intake"), StreamTime()
+            orders = OrderBatch(self.order_store.batch("intake"))
             batch.consumed(events)
+            orders.batch.consumed(events)
             letters: list[dict[str, Any]] = []
             duplicates: dict[str, int] = {}
             counted: dict[tuple[str, str], int] = {}
-            for event in events:
-                result = normalize(
-                    event.key, event.value, self.env, self.sources, self.config.max_json_depth
-                )
-                if isinstance(result, DeadLetter):
-                    batch.send(self.deadletter, result.key, result.value)
-                    letters.append(result.record)
-                    continue
-                envelope = result.envelope
-                clock.saw(event, envelope["received_at"])
-                key = result.dedup_key.encode()
-                entry = batch.get(event, key)
-                seen = classify(
-                    entry,
-                    envelope["delivery_id"],
-                    envelope["received_at"],
-                    result.content_digest,
-                    replaying=REPLAY_HEADER in envelope["headers"],
-                )
-                if seen is Seen.DUPLICATE:
-                    duplicates[envelope["source"]] = duplicates.get(envelope["source"], 0) + 1
-                    log.debug("duplicate dropped delivery_id=%s", envelope["delivery_id"])
-                    continue
-                if seen is Seen.REPLAY:
-                    self.metrics.replays.labels(self.env, "intake").inc()
-                    continue
-                if seen is Seen.CONFLICT:
-                    reason = conflict_reason(result.dedup_key, entry)
-                    letter = dead_letter(envelope, "dedup", reason, event.key or b"")
-                    batch.send(self.deadletter, letter.key, letter.value)
-                    letters.append(letter.record)
-                    self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
-                    continue
-                self._route(batch, result.events, counted)
-                batch.put(
-                    event,
-                    key,
-                    new_entry(
+            async with self.order_store.lock:
+                for event in events:
+                    result = normalize(
+                        event.key, event.value, self.env, self.sources, self.config.max_json_depth
+                    )
+                    if isinstance(result, DeadLetter):
+                        batch.send(self.deadletter, result.key, result.value)
+                        letters.append(result.record)
+                        continue
+                    envelope = result.envelope
+                    clock.saw(event, envelope["received_at"])
+                    key = result.dedup_key.encode()
+                    entry = batch.get(event, key)
+                    seen = classify(
+                        entry,
                         envelope["delivery_id"],
                         envelope["received_at"],
-                        result.window_ms,
                         result.content_digest,
-                    ),
-                )
-            await self.dedup_store.finish(batch, clock)
+                        replaying=REPLAY_HEADER in envelope["headers"],
+                    )
+                    if seen is Seen.DUPLICATE:
+                        duplicates[envelope["source"]] = duplicates.get(envelope["source"], 0) + 1
+                        log.debug("duplicate dropped delivery_id=%s", envelope["delivery_id"])
+                        continue
+                    if seen is Seen.REPLAY:
+                        self.metrics.replays.labels(self.env, "intake").inc()
+                        continue
+                    if seen is Seen.CONFLICT:
+                        reason = conflict_reason(result.dedup_key, entry)
+                        letter = dead_letter(envelope, "dedup", reason, event.key or b"")
+                        batch.send(self.deadletter, letter.key, letter.value)
+                        letters.append(letter.record)
+                        self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
+                        continue
+                    self._route(batch, event, result.events, counted, orders)
+                    if orders.full:
+                        # An order's outbox is full: publish the orders part so far.
+                        await self._publish_orders(orders)
+                        orders = OrderBatch(self.order_store.batch("intake"))
+                        orders.batch.consumed(events)
+                    batch.put(
+                        event,
+                        key,
+                        new_entry(
+                            envelope["delivery_id"],
+                            envelope["received_at"],
+                            result.window_ms,
+                            result.content_digest,
+                        ),
+                    )
+                self.dedup_store.sweep(batch, clock)
+                await batch.confirm()
+                await self._publish_orders(orders, batch)
+            await batch.write_state()
             for (source, kind), count in counted.items():
                 self.metrics.events.labels(self.env, source, kind).inc(count)
             for source, count in duplicates.items():
@@ -315,22 +398,39 @@ class EnvironmentPipeline:
                 )
 
     def _route(
-        self, batch: Batch, events: list[dict[str, Any]], counted: dict[tuple[str, str], int]
+        self,
+        batch: Batch,
+        event: EventT,
+        events: list[dict[str, Any]],
+        counted: dict[tuple[str, str], int],
+        orders: OrderBatch,
     ) -> None:
         """Send a delivery's events where they go; count them by (source, type) in ``counted``.
 
+        An order event whose order's partition is the raw record's own is
+        applied to ``orders`` here instead of crossing ``order-inputs``.
         Counted per batch, not per event: a labelled metric's lookup per event
         cost more than the rest of the routing.
         """
         topics_by_name = self._destinations
+        partition = event.message.partition
         encoded: dict[str, bytes] = {}
-        for destination, key, event in routes(events):
-            value = encoded.get(event["event_id"])
+        for destination, key, canonical in routes(events):
+            key_bytes = key.encode()
+            if (
+                destination == "order_inputs"
+                and partition_for(key_bytes, self._partition_ids) == partition
+            ):
+                self._apply_order(orders, event, key_bytes, codec.CANONICAL_EVENT, canonical)
+                continue
+            value = encoded.get(canonical["event_id"])
             if value is None:
-                value = encoded[event["event_id"]] = codec.encode(codec.CANONICAL_EVENT, event)
-                label = (event["source"], event["type"])
+                value = encoded[canonical["event_id"]] = codec.encode(
+                    codec.CANONICAL_EVENT, canonical
+                )
+                label = (canonical["source"], canonical["type"])
                 counted[label] = counted.get(label, 0) + 1
-            batch.send(topics_by_name[destination], key.encode(), value)
+            batch.send(topics_by_name[destination], key_bytes, value)
 
     # -- stage 3: transaction side of the join -------------------------------
     async def transactions(self, stream: StreamT) -> None:
@@ -359,60 +459,105 @@ class EnvironmentPipeline:
 
     # -- stage 4: order state -------------------------------------------------
     async def orders(self, stream: StreamT) -> None:
-        retention = self.config.order_retention_ms
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("orders").observe(len(events))
-            batch, clock = self.order_store.batch("orders"), StreamTime()
-            batch.consumed(events)
-            received: list[int] = []
-            transitions: list[tuple[int, Any, Any]] = []
-            for event in events:
-                try:
-                    name, record = codec.decode(event.value)
-                except codec.CodecError as exc:
-                    self._undecodable(event, exc)
-                    continue
-                current = batch.get(event, event.key)
-                if name == codec.CANONICAL_EVENT:
-                    arrived = record["received_at"]
-                    clock.saw(event, arrived)
-                    result = apply_event(current, record, self.env, retention)
-                elif name == codec.TRANSACTION_UPDATE:
-                    # The join completes when the later of its two facts arrives.
-                    arrived = max(record["cause"]["received_at"], record["claimed_received_at"])
-                    clock.saw(event, record["cause"]["received_at"])
-                    result = apply_update(current, record, self.env, retention)
-                else:
-                    self._undecodable(event, codec.CodecError(f"unexpected {name}"))
-                    continue
-                for field, before, after in result.rejected:
-                    self._rejected(field, before, after, result.record["state"]["order_id"])
-                if result.conflict:
-                    self.metrics.conflicts.labels(self.env).inc()
-                    log.warning("env=%s %s", self.env, result.conflict)
-                if result.change is not None:
-                    change = result.change
-                    batch.send(
-                        self.orders_changes, event.key, codec.encode(codec.ORDER_CHANGE, change)
-                    )
-                    batch.send(
-                        self.orders_state,
-                        event.key,
-                        codec.encode(codec.ORDER_STATE, change["after"]),
-                    )
-                    received.append(arrived)
-                    transitions.append((event.message.partition, change["before"], change["after"]))
-                if result.changed:
-                    batch.put(event, event.key, result.record)
-            await self.order_store.finish(batch, clock)
-            for partition, before, after in transitions:
-                self.awaiting.changed(partition, before, after)
-            if received:
-                self.metrics.state_changes.labels(self.env).inc(len(received))
-                now_ms = time.time() * 1000
-                histogram = self.metrics.end_to_end.labels(self.env)
-                for at in received:
-                    histogram.observe(max(now_ms - at, 0) / 1000)
+            orders = OrderBatch(self.order_store.batch("orders"))
+            orders.batch.consumed(events)
+            async with self.order_store.lock:
+                for event in events:
+                    try:
+                        name, record = codec.decode(event.value)
+                    except codec.CodecError as exc:
+                        self._undecodable(event, exc)
+                        continue
+                    if name not in (codec.CANONICAL_EVENT, codec.TRANSACTION_UPDATE):
+                        self._undecodable(event, codec.CodecError(f"unexpected {name}"))
+                        continue
+                    self._apply_order(orders, event, event.key, name, record)
+                    if orders.full:
+                        await self.order_store.finish(orders.batch, orders.clock)
+                        self._orders_changed(orders)
+                        orders = OrderBatch(self.order_store.batch("orders"))
+                        orders.batch.consumed(events)
+                await self.order_store.finish(orders.batch, orders.clock)
+            self._orders_changed(orders)
+
+    async def _publish_orders(self, orders: OrderBatch, *others: Batch) -> None:
+        """Write an orders batch (state first), then send its outputs and ``others``'."""
+        self.order_store.sweep(orders.batch, orders.clock)
+        await orders.batch.confirm()
+        await orders.batch.write_state_then_send(*others)
+        self._orders_changed(orders)
+
+    def _apply_order(
+        self, orders: OrderBatch, event: EventT, key: bytes, name: str, record: dict[str, Any]
+    ) -> None:
+        """Apply an order event or a transaction update to ``orders.batch``."""
+        batch, retention = orders.batch, self.config.order_retention_ms
+        current = batch.get(event, key)
+        result: OrderResult
+        if name == codec.CANONICAL_EVENT:
+            arrived = record["received_at"]
+            orders.clock.saw(event, arrived)
+            result = apply_event(current, record, self.env, retention)
+        else:
+            # The join completes when the later of its two facts arrives.
+            arrived = max(record["cause"]["received_at"], record["claimed_received_at"])
+            orders.clock.saw(event, record["cause"]["received_at"])
+            result = apply_update(current, record, self.env, retention)
+        for field, before, after in result.rejected:
+            self._rejected(field, before, after, result.record["state"]["order_id"])
+        if result.conflict:
+            self.metrics.conflicts.labels(self.env).inc()
+            log.warning("env=%s %s", self.env, result.conflict)
+        if result.change is not None:
+            change = result.change
+            encoded = codec.encode(codec.ORDER_CHANGE, change)
+            outbox = result.record["outbox"] = [*result.record["outbox"], encoded]
+            if len(outbox) >= MAX_OUTBOX:
+                orders.full = True
+            batch.send(self.orders_changes, key, encoded)
+            batch.send(self.orders_state, key, codec.encode(codec.ORDER_STATE, change["after"]))
+            orders.received.append(arrived)
+            orders.transitions.append((event.message.partition, change["before"], change["after"]))
+        if result.changed:
+            batch.put(event, key, result.record)
+
+    def _publish_owed(self, batch: Batch, event: EventT, key: bytes, record: Any) -> None:
+        """A record read from the store: send its outbox again if it may be unsent.
+
+        Sent before anything this batch adds for the order, so ``orders.state``
+        still ends on the newest version; the record is written back as this
+        process's, still owing them until this batch is sent (streams/redelivery.py).
+        Otherwise its outbox was sent: this batch's own changes start a new one.
+        """
+        message = event.message
+        topic = record.get("input_topic")
+        committed = (
+            self.app.consumer._committed_offset.get(TP(topic, message.partition)) if topic else None
+        )
+        owed = unpublished(record, committed)
+        if not owed:
+            record["outbox"] = []
+            return
+        for change in owed:
+            after = codec.decode_as(codec.ORDER_CHANGE, change)["after"]
+            batch.send(self.orders_changes, key, change)
+            batch.send(self.orders_state, key, codec.encode(codec.ORDER_STATE, after))
+        batch.put(event, key, record)
+        self.metrics.republished.labels(self.env).inc(len(owed))
+
+    def _orders_changed(self, orders: OrderBatch) -> None:
+        """After a batch's order changes were published: activation and metrics."""
+        for partition, before, after in orders.transitions:
+            self.awaiting.changed(partition, before, after)
+        received = orders.received
+        if received:
+            self.metrics.state_changes.labels(self.env).inc(len(received))
+            now_ms = time.time() * 1000
+            histogram = self.metrics.end_to_end.labels(self.env)
+            for at in received:
+                histogram.observe(max(now_ms - at, 0) / 1000)
 
     # -- helpers ---------------------------------------------------------------
     def _decode(self, event: EventT, name: str) -> dict[str, Any] | None:

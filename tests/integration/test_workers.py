@@ -30,6 +30,7 @@ from hookline.core.settings import DEV_SOURCES
 from hookline.core.sources import Source, load_sources
 from hookline.infra.broker import EmbeddedBroker
 from hookline.streams.end_offsets import fetched_end_offsets
+from hookline.streams.redelivery import MAX_OUTBOX
 
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
@@ -560,3 +561,84 @@ async def test_a_failed_send_is_never_committed(
         check_exact(records, expected)
     finally:
         healthy.stop()
+
+
+async def backlog(bootstrap: str, env: dict[str, str], log_dir: Path, deliveries: Any) -> None:
+    """Produce ``deliveries`` while no worker runs, so the next one reads them in full batches."""
+    # A worker creates the topics (and its group); it is stopped before any record arrives.
+    processes.worker(env, log_dir).start(timeout=90).stop()
+    await produce(bootstrap, deliveries, rate=10_000)
+
+
+@pytest.mark.slow
+async def test_orders_written_but_not_sent_are_sent_by_the_next_worker(
+    env: dict[str, str], bootstrap: str, log_dir: Path
+) -> None:
+    """The orders table is written state first; a worker that dies before sending owes it.
+
+    The faulty worker's first intake batch (a backlog: several changes per
+    order) writes its orders records, then fails to send every output and
+    exits. The next worker must send each of those versions, every one of
+    them, before any newer version of the same order (streams/redelivery.py).
+    """
+    deliveries, expected = scenario(orders=4)
+    await backlog(bootstrap, env, log_dir, deliveries)
+    # Launched, not started: it exits as soon as it is ready and reads its first batch.
+    faulty = processes.worker({**env, "HOOKLINE_FAIL_SENDS": "intake"}, log_dir).launch()
+    try:
+        assert faulty.process is not None
+        code = await asyncio.to_thread(faulty.process.wait, 90)
+        assert code == 70, faulty.tail()
+    finally:
+        faulty.kill()
+    written = [
+        r
+        for r in await read_topics(bootstrap, "production.hookline.orders-changelog", idle=2.0)
+        if r.value.get("outbox")
+    ]
+    assert any(len(r.value["outbox"]) > 1 for r in written), "no order had two changes in a batch"
+    await asyncio.sleep(float(env["HOOKLINE_SESSION_TIMEOUT"]) + 2)
+    healthy = processes.worker(env, log_dir)
+    await asyncio.to_thread(healthy.start, 120)
+    try:
+        records = await final_records(bootstrap, expected)
+        check_exact(records, expected)
+        owed = sum(len(r.value["outbox"]) for r in written)
+        assert metric(healthy, "hookline_worker_republished_changes_total") >= owed
+    finally:
+        healthy.stop()
+
+
+@pytest.mark.slow
+async def test_an_order_changing_in_every_input_of_a_batch_keeps_its_outbox_bounded(
+    env: dict[str, str], bootstrap: str, log_dir: Path
+) -> None:
+    """More changes to one order than an outbox holds, in one batch: flushed part way."""
+    order = traffic.unique("ord")
+    bodies = []
+    for n in range(3 * MAX_OUTBOX):
+        document = json.loads(traffic.confirmation(order))
+        document["pdf_url"] = f"https://files.example.com/confirmations/{order}-{n:03d}.pdf"
+        bodies.append(("partner", traffic.dumps(document)))
+    await backlog(bootstrap, env, log_dir, bodies)
+    worker = processes.worker(env, log_dir).start(timeout=90)
+    try:
+
+        def published(records: list[Record]) -> bool:
+            versions = {r.value["version"] for r in records if r.key == order}
+            return len(versions) >= MAX_OUTBOX + 1
+
+        changes = await read_topics(
+            bootstrap, "production.orders.changes", until=published, timeout=60, idle=2.0
+        )
+        changelog = await read_topics(bootstrap, "production.hookline.orders-changelog", idle=2.0)
+    finally:
+        worker.stop()
+    by_version: dict[int, set[bytes]] = defaultdict(set)
+    for record in changes:
+        if record.key == order:
+            by_version[record.value["version"]].add(record.raw)
+    assert sorted(by_version) == list(range(1, max(by_version) + 1))
+    assert all(len(copies) == 1 for copies in by_version.values())
+    outboxes = [len(r.value["outbox"]) for r in changelog if r.key == order and r.value]
+    assert max(outboxes) == MAX_OUTBOX, outboxes  # full once, never beyond
