@@ -16,7 +16,8 @@ import random
 import re
 import signal
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -552,13 +553,19 @@ async def test_a_failed_send_is_never_committed(
         assert f"stage {stage}: a batch failed" in faulty.tail()
     finally:
         faulty.kill()
-    # As a supervisor restarting it would: the dead member leaves the group first.
+    async with restarted(env, log_dir):
+        check_exact(await final_records(bootstrap, expected), expected)
+
+
+@asynccontextmanager
+async def restarted(env: dict[str, str], log_dir: Path) -> AsyncIterator[processes.ServiceProcess]:
+    """A healthy worker after a failed one, started as a supervisor would restart it."""
+    # The dead member leaves the group first (its session times out).
     await asyncio.sleep(float(env["HOOKLINE_SESSION_TIMEOUT"]) + 2)
     healthy = processes.worker(env, log_dir)
     await asyncio.to_thread(healthy.start, 120)
     try:
-        records = await final_records(bootstrap, expected)
-        check_exact(records, expected)
+        yield healthy
     finally:
         healthy.stop()
 
@@ -597,16 +604,10 @@ async def test_orders_written_but_not_sent_are_sent_by_the_next_worker(
         if r.value.get("outbox")
     ]
     assert any(len(r.value["outbox"]) > 1 for r in written), "no order had two changes in a batch"
-    await asyncio.sleep(float(env["HOOKLINE_SESSION_TIMEOUT"]) + 2)
-    healthy = processes.worker(env, log_dir)
-    await asyncio.to_thread(healthy.start, 120)
-    try:
-        records = await final_records(bootstrap, expected)
-        check_exact(records, expected)
+    async with restarted(env, log_dir) as healthy:
+        check_exact(await final_records(bootstrap, expected), expected)
         owed = sum(len(r.value["outbox"]) for r in written)
         assert metric(healthy, "hookline_worker_republished_changes_total") >= owed
-    finally:
-        healthy.stop()
 
 
 @pytest.mark.slow
