@@ -186,8 +186,10 @@ class OrderBatch:
 
     __slots__ = ("batch", "clock", "full", "received", "transitions")
 
-    def __init__(self, batch: Batch) -> None:
+    def __init__(self, batch: Batch, generation: int | None = None) -> None:
         self.batch = batch
+        if generation is not None:  # read from the same inputs as another batch
+            batch.generation = generation
         self.clock = StreamTime()
         #: An order's outbox reached MAX_OUTBOX: flush before the next input.
         self.full = False
@@ -323,9 +325,8 @@ class EnvironmentPipeline:
         async for events in self._batches(stream):
             self.metrics.batch_size.labels("intake").observe(len(events))
             batch, clock = self.dedup_store.batch("intake"), StreamTime()
-            orders = OrderBatch(self.order_store.batch("intake"))
             batch.consumed(events)
-            orders.batch.consumed(events)
+            orders = OrderBatch(self.order_store.batch("intake"), batch.generation)
             letters: list[dict[str, Any]] = []
             duplicates: dict[str, int] = {}
             counted: dict[tuple[str, str], int] = {}
@@ -367,8 +368,7 @@ class EnvironmentPipeline:
                     if orders.full:
                         # An order's outbox is full: publish the orders part so far.
                         await self._publish_orders(orders)
-                        orders = OrderBatch(self.order_store.batch("intake"))
-                        orders.batch.consumed(events)
+                        orders = OrderBatch(self.order_store.batch("intake"), batch.generation)
                     batch.put(
                         event,
                         key,
@@ -477,8 +477,8 @@ class EnvironmentPipeline:
                     if orders.full:
                         await self.order_store.finish(orders.batch, orders.clock)
                         self._orders_changed(orders)
-                        orders = OrderBatch(self.order_store.batch("orders"))
-                        orders.batch.consumed(events)
+                        generation = orders.batch.generation
+                        orders = OrderBatch(self.order_store.batch("orders"), generation)
                 await self.order_store.finish(orders.batch, orders.clock)
             self._orders_changed(orders)
 
