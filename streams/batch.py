@@ -71,7 +71,7 @@ from aiokafka.errors import KafkaError
 from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 from faust.types import TP, EventT, TableT, TopicT
-from hookline.core.partitioner import partition_for
+from hookline.core.partitioner import key_hash
 from hookline.streams.fencing import generation_header
 from hookline.streams.membership import confirm_membership
 from hookline.streams.redelivery import renew
@@ -107,6 +107,9 @@ async def send_acknowledged(
         _FAIL_SENDS.discard(stage)
         raise KafkaError(f"injected send failure in stage {stage} (HOOKLINE_FAIL_SENDS)")
     ids: dict[str, list[int]] = {}
+    # A delivery's outputs share keys (an order's change, state and event):
+    # each key is hashed once per call.
+    hashes: dict[bytes, int] = {}
     batches: dict[tuple[str, int], list[BatchBuilder]] = {}
     for topic, key, value, partition, headers in sends:
         if partition is None:
@@ -114,7 +117,11 @@ async def send_acknowledged(
             if partitions is None:
                 partitions = ids[topic] = sorted(await producer.partitions_for(topic))
             # Every output has a key; a keyless one would go where b"" goes.
-            partition = partition_for(key or b"", partitions)
+            hashed_key = key or b""
+            hashed = hashes.get(hashed_key)
+            if hashed is None:
+                hashed = hashes[hashed_key] = key_hash(hashed_key)
+            partition = partitions[hashed % len(partitions)]  # as partition_for
         builders = batches.get((topic, partition))
         if builders is None:
             builders = batches[(topic, partition)] = [producer.create_batch()]
