@@ -43,7 +43,7 @@ from hookline.streams.expiry import Expiry, StreamTime
 from hookline.streams.fencing import FencedTable
 from hookline.streams.join import apply_to_transaction
 from hookline.streams.membership import Fenced
-from hookline.streams.metrics import WorkerMetrics
+from hookline.streams.metrics import WorkerMetrics, observe_all
 from hookline.streams.normalize import DeadLetter, dead_letter, normalize
 from hookline.streams.order_state import OrderResult, apply_event, apply_update, retire
 from hookline.streams.redelivery import MAX_OUTBOX, stamped, unpublished
@@ -555,9 +555,10 @@ class EnvironmentPipeline:
         if received:
             self.metrics.state_changes.labels(self.env).inc(len(received))
             now_ms = time.time() * 1000
-            histogram = self.metrics.end_to_end.labels(self.env)
-            for at in received:
-                histogram.observe(max(now_ms - at, 0) / 1000)
+            observe_all(
+                self.metrics.end_to_end.labels(self.env),
+                [max(now_ms - at, 0) / 1000 for at in received],
+            )
 
     # -- helpers ---------------------------------------------------------------
     def _decode(self, event: EventT, name: str) -> dict[str, Any] | None:
