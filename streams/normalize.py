@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from hookline.core.adapters import Unmappable, adapter_for
 from hookline.core.events import CanonicalEvent, DeliveryContext
@@ -22,8 +22,10 @@ from hookline.schemas import codec
 MAX_REASON = 1000
 
 
-@dataclass(frozen=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """A delivery mapped. A NamedTuple: immutable, and built in half the time
+    of a frozen dataclass (one per delivery)."""
+
     envelope: dict[str, Any]
     dedup_key: str  # "<source>|<the kind's key>"
     content_digest: str
