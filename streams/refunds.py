@@ -20,6 +20,9 @@ class RefundTotal:
     foreign: int  # refunds in another currency than the order's (not counted)
 
 
+NO_REFUND = RefundTotal(None, False, 0)
+
+
 def total(
     refunds: Iterable[dict[str, Any]], amount: Decimal | None, currency: str | None
 ) -> RefundTotal:
@@ -29,6 +32,8 @@ def total(
     once and its refunded amount is the order's amount once that is known.
     Partial refunds make it REFUNDED when their sum reaches the amount.
     """
+    if not refunds:  # nearly every order: no refund
+        return NO_REFUND
     full = False
     counted: list[Decimal] = []
     foreign = 0
