@@ -278,7 +278,6 @@ class Batch:
             _STOP_BEFORE_FLUSH.discard(self.stage)
             os.kill(os.getpid(), signal.SIGSTOP)
         if self._sends or self._writes:
-            # Still the owner? An evicted member must not send (streams/membership.py).
             await confirm_membership(self.table.app, self.generation)
 
     async def send_outputs(self, *others: Batch) -> None:

@@ -475,12 +475,10 @@ class EnvironmentPipeline:
                         continue
                     self._apply_order(orders, event, event.key, name, record)
                     if orders.full:
-                        await self.order_store.finish(orders.batch, orders.clock)
-                        self._orders_changed(orders)
+                        await self._publish_orders(orders)
                         generation = orders.batch.generation
                         orders = OrderBatch(self.order_store.batch("orders"), generation)
-                await self.order_store.finish(orders.batch, orders.clock)
-            self._orders_changed(orders)
+                await self._publish_orders(orders)
 
     async def _publish_orders(self, orders: OrderBatch, *others: Batch) -> None:
         """Write an orders batch (state first), then send its outputs and ``others``'."""
