@@ -78,6 +78,7 @@ from hookline.gateway.envelope import new_delivery_id, raw_envelope
 from hookline.infra.broker import EmbeddedBroker, free_port
 from hookline.infra.processes import ServiceProcess
 from hookline.schemas import codec
+from hookline.streams.end_offsets import fetched_end_offsets
 
 from hookline.supervisor import dev_secrets
 
@@ -224,9 +225,15 @@ async def move(
             raise RuntimeError(f"topic {out_topic} does not exist")
         assigned = [TopicPartition(out_topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
-        await consumer.seek_to_end(*assigned)
-        for tp in assigned:  # resolve the positions now, before the clock starts
-            await consumer.position(tp)
+        # From the true end, resolved before the clock starts: the embedded
+        # broker lists a partition's end as its newest batch's base offset
+        # plus one (streams/end_offsets.py), so seek_to_end alone re-read the
+        # previous run's last batches, and the baseline, which counts every
+        # key, counted them as its own outputs.
+        listed = await consumer.end_offsets(assigned)
+        ends = await fetched_end_offsets({"bootstrap_servers": bootstrap}, listed)
+        for tp in assigned:
+            consumer.seek(tp, ends[tp])
 
         want = len(records)
         started = time.perf_counter()
