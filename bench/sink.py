@@ -2,11 +2,11 @@
 
 Why a baseline: reading a topic from an embedded broker on two shared cores
 has a cost of its own that the sink cannot beat. The baseline is that cost:
-a plain aiokafka consumer (its own process) reading the same records from
-the beginning and doing nothing with them. The ratio ``sink / baseline`` is
-the share of bare read throughput left after decoding, mapping to Arrow,
-writing Parquet and committing Iceberg snapshots (with the duplicate checks
-and the ``orders_state`` upsert).
+a plain aiokafka consumer (in this script's process) reading the same
+records from the beginning and doing nothing with them. The ratio
+``sink / baseline`` is the share of bare read throughput left after
+decoding, mapping to Arrow, writing Parquet and committing Iceberg snapshots
+(with the duplicate checks and the ``orders_state`` upsert).
 
 The input is N records on each of ``production.orders.changes``,
 ``production.orders.state`` and ``production.webhooks.events`` (N orders,
@@ -15,7 +15,15 @@ runs from its "sink ready" log line to the moment the three tables'
 committed offsets cover every record; the baseline's from its first fetch
 request to its last record.
 
-    .venv/bin/python bench/sink.py [--records 20000] [--batch-rows 50000 5000]
+    .venv/bin/python bench/sink.py [--records 20000] [--batch-rows 50000 5000] [--json]
+
+``--json`` prints one JSON document on stdout instead of the table (fields in
+bench/README.md): the common fields at the top level are the first
+``--batch-rows`` value's run (the sink's default, 50000, unless told
+otherwise), and every value's run is in ``results``. Its ``cpu_ms_per_record``
+counts the sink's CPU from the clock's start only, as the other benches count
+their process's CPU during the measured run; the table's ``CPU ms/rec`` keeps
+start-up included, as docs/performance.md's numbers were taken.
 """
 
 from __future__ import annotations
@@ -29,13 +37,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
-import subprocess
+import os
 import tempfile
 import time
 import uuid
 from decimal import Decimal
+from typing import Any
 
-from _common import hookline_command, hookline_env, say, table
+from _common import (
+    cpu_seconds,
+    cpu_times,
+    hookline_command,
+    hookline_env,
+    load_average,
+    print_json,
+    say,
+    steal_share,
+    table,
+)
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from hookline.core import topics
 from hookline.infra.broker import EmbeddedBroker, free_port
@@ -118,18 +137,27 @@ async def produce(bootstrap: str, batch: list[tuple[str, bytes, bytes]]) -> None
         await producer.stop()
 
 
-async def bare_read(bootstrap: str, expected: int) -> float:
-    """Seconds for a plain consumer to read every record once (the baseline)."""
+async def bare_read(bootstrap: str, expected: int) -> dict[str, float]:
+    """Seconds for a plain consumer to read every record once (the baseline).
+
+    Also this process's CPU seconds and the hypervisor's share meanwhile: the
+    consumer runs here, and nothing else does while it reads.
+    """
     consumer = AIOKafkaConsumer(
         *TOPICS, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
     )
     await consumer.start()
     try:
         seen, started = 0, time.perf_counter()  # from the first fetch request on
+        cpu, machine = cpu_seconds(os.getpid()), cpu_times()
         while seen < expected:
             batch = await consumer.getmany(timeout_ms=500)
             seen += sum(len(messages) for messages in batch.values())
-        return time.perf_counter() - started
+        return {
+            "seconds": time.perf_counter() - started,
+            "cpu": cpu_seconds(os.getpid()) - cpu,
+            "steal": steal_share(machine, cpu_times()),
+        }
     finally:
         await consumer.stop()
 
@@ -147,7 +175,28 @@ def landed(warehouse: Path) -> int:
     return total
 
 
-def run_sink(bootstrap: str, batch_rows: int, expected: int, timeout: float) -> dict[str, float]:
+def first_commit_at(warehouse: Path) -> float | None:
+    """Epoch seconds of the earliest snapshot of the three tables, None before any.
+
+    The sink's first output is its first Iceberg commit: rows are invisible
+    to readers until then. pyiceberg stamps a snapshot after writing its data
+    files and manifests, just before the catalog commit, on this machine's
+    clock, so this is when the sink landed its first rows, whenever the
+    bench's 0.25 s poll noticed. Tables hold no snapshot before the sink's
+    first commit (creating one adds none).
+    """
+    from hookline.warehouse import tables
+
+    catalog = tables.open_catalog(tables.WarehouseConfig(directory=warehouse))
+    stamps = [
+        snapshot.timestamp_ms
+        for name in ("order_changes", "orders_state", "webhook_events")
+        for snapshot in catalog.load_table(f"{ENVIRONMENT}.{name}").metadata.snapshots
+    ]
+    return min(stamps) / 1000 if stamps else None
+
+
+def run_sink(bootstrap: str, batch_rows: int, expected: int, timeout: float) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
         warehouse = Path(tmp) / "warehouse"
         port = free_port()
@@ -177,7 +226,9 @@ def run_sink(bootstrap: str, batch_rows: int, expected: int, timeout: float) -> 
                 if time.monotonic() > deadline or (sink.process and sink.process.poll()):
                     raise RuntimeError(f"sink did not start:\n{sink.tail()}")
                 time.sleep(0.05)
-            started = time.perf_counter()
+            started, started_at = time.perf_counter(), time.time()
+            pid = sink.process.pid if sink.process else None
+            startup_cpu, machine = cpu_seconds(pid), cpu_times()
             done = 0
             while done < expected:
                 if time.monotonic() > deadline:
@@ -186,21 +237,41 @@ def run_sink(bootstrap: str, batch_rows: int, expected: int, timeout: float) -> 
                 done = landed(warehouse)
                 say(f"  sink (batch {batch_rows}): {done}/{expected} landed")
             seconds = time.perf_counter() - started
-            cpu = _cpu_seconds(sink.process)
+            cpu = cpu_seconds(pid)
+            steal = steal_share(machine, cpu_times())
             commits = sink.log().count(" row(s)")
+            first = first_commit_at(warehouse)
         finally:
             sink.stop()
-    return {"seconds": seconds, "commits": commits, "cpu": cpu}
+    return {
+        "seconds": seconds,
+        "commits": commits,
+        "cpu": cpu,  # the whole process's, start-up included (the table's CPU ms/rec)
+        "startup_cpu": startup_cpu,
+        "landed": done,
+        "first_out": float("nan") if first is None else first - started_at,
+        "steal": steal,
+    }
 
 
-def _cpu_seconds(process: subprocess.Popen[bytes] | None) -> float:
-    if process is None:
-        return float("nan")
-    try:
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / 100  # utime + stime, clock ticks
-    except (OSError, IndexError, ValueError):
-        return float("nan")
+def result_json(
+    batch_rows: int, expected: int, result: dict[str, Any], baseline_rate: float
+) -> dict[str, Any]:
+    """One sink run with the common fields: CPU from the clock's start only (see the docstring)."""
+    rate = expected / result["seconds"]
+    return {
+        "batch_rows": batch_rows,
+        "records": expected,
+        "landed": result["landed"],
+        "seconds": round(result["seconds"], 3),
+        "records_per_s": round(rate, 1),
+        "ratio": round(rate / baseline_rate, 4),
+        "cpu_ms_per_record": round(1000 * (result["cpu"] - result["startup_cpu"]) / expected, 4),
+        "startup_cpu_s": round(result["startup_cpu"], 2),
+        "first_out_ms": round(1000 * result["first_out"], 1),
+        "commits": result["commits"],
+        "steal_share": round(result["steal"], 4),
+    }
 
 
 def main() -> int:
@@ -215,8 +286,13 @@ def main() -> int:
     )
     parser.add_argument("--baseline-runs", type=int, default=3, help="median of this many")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per sink run")
+    parser.add_argument(
+        "--json", action="store_true", help="print one JSON document instead of the table"
+    )
     args = parser.parse_args()
     expected = args.records * 3
+    load_before = load_average()
+    results: list[dict[str, Any]] = []
     with EmbeddedBroker(log_path=Path(tempfile.gettempdir()) / "bench-sink-tansu.log") as broker:
         bootstrap = broker.bootstrap_servers
         asyncio.run(
@@ -232,12 +308,14 @@ def main() -> int:
         baseline_runs = []
         for run in range(args.baseline_runs):
             baseline_runs.append(asyncio.run(bare_read(bootstrap, expected)))
-            say(f"  baseline run {run + 1}: {baseline_runs[-1]:.2f}s")
-        baseline = sorted(baseline_runs)[len(baseline_runs) // 2]
+            say(f"  baseline run {run + 1}: {baseline_runs[-1]['seconds']:.2f}s")
+        median = sorted(baseline_runs, key=lambda r: r["seconds"])[len(baseline_runs) // 2]
+        baseline = median["seconds"]
         rows = [["bare consumer (baseline)", "-", f"{baseline:.2f}", f"{expected / baseline:.0f}"]]
         rows[0] += ["1.000", "-", "-"]
         for batch_rows in args.batch_rows:
             result = run_sink(bootstrap, batch_rows, expected, args.timeout)
+            results.append(result_json(batch_rows, expected, result, expected / baseline))
             rate = expected / result["seconds"]
             rows.append(
                 [
@@ -250,6 +328,30 @@ def main() -> int:
                     f"{1000 * result['cpu'] / expected:.3f}",
                 ]
             )
+    load_after = load_average()
+    say(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
+    if args.json:
+        first = results[0]
+        print_json(
+            {
+                "bench": "sink",
+                "records": first["records"],
+                "records_per_s": first["records_per_s"],
+                "baseline_records_per_s": round(expected / baseline, 1),
+                "ratio": first["ratio"],
+                "cpu_ms_per_record": first["cpu_ms_per_record"],
+                "first_out_ms": first["first_out_ms"],
+                "batch_rows": first["batch_rows"],
+                "baseline_cpu_ms_per_record": round(1000 * median["cpu"] / expected, 4),
+                "baseline_steal_share": round(median["steal"], 4),
+                "baseline_runs": [round(r["seconds"], 3) for r in baseline_runs],
+                "orders": args.records,
+                "partitions": PARTITIONS,
+                "results": results,
+                "load_average": [round(load_before, 2), round(load_after, 2)],
+            }
+        )
+        return 0
     print(
         table(
             ["reader", "batch rows", "seconds", "records/s", "ratio", "commits", "CPU ms/rec"],

@@ -17,15 +17,38 @@ a million orders would add.
 
 The producer keeps at most ``--lead`` records ahead of what has been read
 back, building records chunk by chunk, so this process's memory stays small
-and the worker always has input. It is not a ratio benchmark: there is no
-baseline, the numbers are absolute and drift with the machine's load.
+and the worker always has input. ``first_out_ms`` is timed as pipeline.py
+times it: from the first input's Kafka record timestamp to the earliest
+output's, so it is when the worker wrote its first change, not when this
+process (busy sending) got round to reading it.
+
+Why a baseline, and why a sample: absolute numbers drift with the machine's
+load, so, before the worker starts, the same broker moves raw records built
+by ``raw_records`` through pipeline.py's baseline, the plain aiokafka
+consume-produce passthrough (its child process, its warm-up, the median of
+its runs), and ``ratio`` is hookline's records/s over the passthrough's. The
+passthrough keeps no state, so its rate does not depend on how many orders
+there are: a bounded sample measures it as well as a million would, in
+seconds instead of half an hour. ``--baseline-records`` (default 100000) is
+moved as runs of at most 20,000 records, each a burst like pipeline.py's and
+long enough (over a second) to time; one run's records are built once and
+sent again each run (the passthrough does not look at them), because
+pipeline's ``move`` holds its whole list, and a future per record, until the
+run ends: encoded records take about 0.7 MB per 1,000 here (tracemalloc), so
+14 MB for a run of 20,000 against 70 MB for 100,000 in one run, and encoding
+them costs about 1.5 s of this process's CPU per 10,000. The sample does not
+follow the load over a long run: ``load_average`` and the steal shares say
+how far to trust the ratio. ``--baseline-records 0`` skips it (the baseline
+fields are then null). The ratio is not pipeline.py's: the worker here uses
+RocksDB and gets at most ``--lead`` records ahead, not one burst.
 
 The run stops by itself: when N orders are read back, or after ``--timeout``
 seconds (then the checkpoints so far are printed and the exit code is 1).
 The worker's data directory and the broker's log are in a temporary directory
 (printed at start), removed at the end unless ``--keep``.
 
-    .venv/bin/python bench/state.py [--records 1000000] [--every 100000] [--json]
+    .venv/bin/python bench/state.py [--records 1000000] [--every 100000]
+        [--baseline-records 100000] [--json]
 """
 
 from __future__ import annotations
@@ -40,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import asyncio
 import contextlib
+import math
 import os
 import shutil
 import tempfile
@@ -51,12 +75,14 @@ from typing import Any
 from _common import (
     REPO,
     cpu_seconds,
+    cpu_times,
     hookline_command,
     hookline_env,
     load_average,
     print_json,
     rss_bytes,
     say,
+    steal_share,
     table,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -64,9 +90,20 @@ from aiokafka.structs import TopicPartition
 from hookline.core import topics
 from hookline.infra.broker import EmbeddedBroker, free_port
 from hookline.infra.processes import ServiceProcess
-from pipeline import ENVIRONMENT, PARTITIONER, raw_records, worker_state_changes
+from pipeline import (
+    ENVIRONMENT,
+    PARTITIONER,
+    RunResult,
+    raw_records,
+    run_baseline,
+    worker_state_changes,
+)
 
 MB = 1024 * 1024
+#: Records per baseline run: over a second of passthrough here, like pipeline.py's bursts.
+BASELINE_RUN_RECORDS = 20_000
+#: Seconds one baseline run may take (a run takes a second or two; --timeout is for the worker).
+BASELINE_RUN_TIMEOUT = 120.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +139,15 @@ class Progress:
     produced: int = 0
     seen: int = 0
     peak_rss: int = 0
+    #: Kafka record timestamps (ms): the first input's, and the earliest output's so far.
+    first_in_ms: int | None = None
+    earliest_out_ms: int | None = None
+
+    @property
+    def first_out_ms(self) -> float | None:
+        if self.first_in_ms is None or self.earliest_out_ms is None:
+            return None
+        return float(self.earliest_out_ms - self.first_in_ms)
 
 
 async def produce(
@@ -135,7 +181,9 @@ async def produce(
                 )
                 for r in records
             ]
-            await asyncio.gather(*sent)
+            acks = await asyncio.gather(*sent)
+            if progress.first_in_ms is None:
+                progress.first_in_ms = min(ack.timestamp for ack in acks)
             progress.produced += count
     finally:
         await producer.stop()
@@ -230,7 +278,12 @@ async def measure(
                 raise RuntimeError("producer failed") from producer.exception()
             batch = await consumer.getmany(timeout_ms=200, max_records=5000)
             for messages in batch.values():
-                progress.seen += sum(1 for m in messages if m.key and m.key.startswith(prefix))
+                ours = [m.timestamp for m in messages if m.key and m.key.startswith(prefix)]
+                progress.seen += len(ours)
+                if ours and (
+                    progress.earliest_out_ms is None or min(ours) < progress.earliest_out_ms
+                ):
+                    progress.earliest_out_ms = min(ours)
             now = time.monotonic()
             if now - last_report >= 2.0:
                 last_report = now
@@ -256,6 +309,33 @@ async def measure(
         return checkpoints, progress.seen >= args.records, progress
     finally:
         await consumer.stop()
+
+
+def baseline_runs(total: int) -> tuple[int, int]:
+    """``--baseline-records`` as (records per run, runs): equal runs short enough to hold
+    in memory, their sum ``total`` rounded up to a multiple of the runs."""
+    if total <= 0:
+        return 0, 0
+    runs = math.ceil(total / BASELINE_RUN_RECORDS)
+    return math.ceil(total / runs), runs
+
+
+def measure_baseline(
+    bootstrap: str, size: int, runs: int, args: argparse.Namespace, tag: str, logs: Path
+) -> RunResult | None:
+    """pipeline.py's baseline: the median of ``runs`` runs of the same ``size`` records.
+
+    The same records are sent every run: the passthrough forwards bytes, so
+    new orders would change nothing but this process's memory and encoding
+    time. None when there are no runs (``--baseline-records 0``).
+    """
+    if runs <= 0:
+        return None
+    say(f"baseline: aiokafka passthrough, median of {runs} runs of {size} records")
+    warmup = raw_records(args.warmup, f"warm-base-{tag}")
+    records = raw_records(size, f"base-{tag}")
+    timeout = min(args.timeout, BASELINE_RUN_TIMEOUT)
+    return run_baseline(bootstrap, warmup, records, runs, timeout, logs)
 
 
 async def warm_up(bootstrap: str, tag: str, count: int) -> None:
@@ -287,6 +367,53 @@ async def warm_up(bootstrap: str, tag: str, count: int) -> None:
         await consumer.stop()
 
 
+MOVER_HEADERS = ["mover", "records", "records/s", "ratio", "first out ms", "CPU ms/rec", "steal %"]
+
+
+def shown(value: float | None, spec: str, scale: float = 1.0) -> str:
+    """A table cell: ``-`` for what was not measured (None or NaN)."""
+    if value is None or math.isnan(value):
+        return "-"
+    return format(scale * value, spec)
+
+
+def mover_rows(
+    baseline: RunResult | None,
+    records: int,
+    rate: float | None,
+    cpu_ms: float | None,
+    progress: Progress,
+    steal: float,
+) -> list[list[str]]:
+    """The baseline's median run and hookline's whole run, as pipeline.py's table shows them."""
+    base_rate = None if baseline is None else baseline.rate
+    rows = []
+    if baseline is not None:
+        rows.append(
+            [
+                "baseline",
+                str(baseline.records),
+                shown(baseline.rate, ".0f"),
+                "1.000",
+                shown(baseline.first_written_seconds, ".0f", 1000),
+                shown(baseline.cpu_ms_per_record, ".3f"),
+                shown(baseline.steal_share, ".1f", 100),
+            ]
+        )
+    rows.append(
+        [
+            "hookline",
+            str(records),
+            shown(rate, ".0f"),
+            "-" if rate is None or base_rate is None else f"{rate / base_rate:.3f}",
+            shown(progress.first_out_ms, ".0f"),
+            shown(cpu_ms, ".3f"),
+            shown(steal, ".1f", 100),
+        ]
+    )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -300,6 +427,13 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=5000, help="records built and sent at once")
     parser.add_argument(
         "--lead", type=int, default=20000, help="most records produced ahead of those read back"
+    )
+    parser.add_argument(
+        "--baseline-records",
+        type=int,
+        default=100_000,
+        help="records through the aiokafka passthrough before the worker starts, in runs of "
+        f"at most {BASELINE_RUN_RECORDS} (median run counts; 0: no baseline; default 100000)",
     )
     parser.add_argument(
         "--timeout", type=float, default=3600.0, help="seconds before giving up (default 3600)"
@@ -317,7 +451,10 @@ def main() -> int:
     args = parser.parse_args()
     if args.records <= 0 or args.every <= 0:
         parser.error("--records and --every must be positive")
+    if args.baseline_records < 0:
+        parser.error("--baseline-records must not be negative")
 
+    run_size, runs = baseline_runs(args.baseline_records)
     tag = f"state-{uuid.uuid4().hex[:8]}"
     load_before = load_average()
     root = Path(tempfile.mkdtemp(prefix="hookline-state-", dir=args.data_dir))
@@ -328,6 +465,8 @@ def main() -> int:
         with EmbeddedBroker(log_path=root / "broker.log") as broker:
             bootstrap = broker.bootstrap_servers
             say(f"broker up at {bootstrap}")
+            # Before the worker starts, so neither mover shares the cores with the other.
+            baseline = measure_baseline(bootstrap, run_size, runs, args, tag, root)
             web_port = free_port()
             worker = ServiceProcess(
                 "hookline worker",
@@ -346,9 +485,11 @@ def main() -> int:
                 pid = worker.process.pid if worker.process else None
                 say(f"hookline worker (pid {pid}, rocksdb) ready in {took:.1f}s; warming up")
                 asyncio.run(warm_up(bootstrap, f"warm-{tag}", args.warmup))
+                machine_before = cpu_times()
                 checkpoints, complete, progress = asyncio.run(
                     measure(bootstrap, pid, data_dir, args, tag)
                 )
+                steal = steal_share(machine_before, cpu_times())
                 changes = worker_state_changes(f"http://127.0.0.1:{web_port}/metrics")
                 say(
                     f"worker counted {changes} state changes "
@@ -369,6 +510,13 @@ def main() -> int:
         growth_per_100k = (
             (last.rss_mb - first_mark.rss_mb) / (last.orders - first_mark.orders) * 100_000
         )
+    rate = last.orders / last.elapsed_s if last.elapsed_s else None
+    cpu_ms = (
+        1000 * (last.worker_cpu_s - checkpoints[0].worker_cpu_s) / last.orders
+        if last.orders
+        else None
+    )
+    ratio = None if rate is None or baseline is None else rate / baseline.rate
     summary: dict[str, Any] = {
         "bench": "state",
         "store": "rocksdb",
@@ -376,12 +524,22 @@ def main() -> int:
         "records": args.records,
         "orders_read_back": progress.seen,
         "complete": complete,
-        "records_per_s": round(last.orders / last.elapsed_s, 1) if last.elapsed_s else None,
-        "cpu_ms_per_record": round(
-            1000 * (last.worker_cpu_s - checkpoints[0].worker_cpu_s) / last.orders, 3
-        )
-        if last.orders
-        else None,
+        "records_per_s": None if rate is None else round(rate, 1),
+        "baseline_records_per_s": None if baseline is None else round(baseline.rate, 1),
+        "ratio": None if ratio is None else round(ratio, 4),
+        "cpu_ms_per_record": None if cpu_ms is None else round(cpu_ms, 3),
+        "first_out_ms": progress.first_out_ms,
+        "steal_share": round(steal, 4),
+        "baseline_steal_share": None if baseline is None else round(baseline.steal_share, 4),
+        # The baseline's sample: all it moved, in how many runs (the median run counts).
+        "baseline_records": run_size * runs,
+        "baseline_runs": runs,
+        "baseline_cpu_ms_per_record": None
+        if baseline is None
+        else round(baseline.cpu_ms_per_record, 4),
+        "baseline_first_out_ms": None
+        if baseline is None
+        else round(1000 * baseline.first_written_seconds, 1),
         "rss_start_mb": checkpoints[0].rss_mb,
         "rss_end_mb": last.rss_mb,
         "rss_peak_mb": round(progress.peak_rss / MB, 1),
@@ -437,6 +595,16 @@ def main() -> int:
             f"(the issue allows 150 MB from 100k to 1M); {growth_per_100k:.1f} MB per 100k "
             f"orders (linear extrapolation to 1M from 100k: {9 * growth_per_100k:.0f} MB)"
         )
+    print()
+    print(
+        "throughput against the aiokafka passthrough "
+        + (
+            "(no baseline: --baseline-records 0)"
+            if baseline is None
+            else f"(baseline = median of {runs} runs of {run_size} records, before the worker)"
+        )
+    )
+    print(table(MOVER_HEADERS, mover_rows(baseline, progress.seen, rate, cpu_ms, progress, steal)))
     print(
         f"peak RSS {progress.peak_rss / MB:.1f} MB; load average {load_before:.2f} -> "
         f"{load_after:.2f}"
