@@ -55,16 +55,35 @@ def _check_sources(settings: Settings, with_secrets: bool) -> None:
 
 
 def cmd_broker(args: argparse.Namespace) -> int:
-    from hookline.infra.broker import EmbeddedBroker
+    from pathlib import Path
 
-    broker = EmbeddedBroker(port=args.port, host=args.host, log_path=args.log_file)
-    broker.start()
+    from hookline.infra.broker import BrokerError, EmbeddedBroker
+    from hookline.infra.kafka_cluster import KafkaCluster, kafka_version
+
+    broker: EmbeddedBroker | KafkaCluster
+    if args.kafka:
+        if args.host != "127.0.0.1" or args.log_file:
+            raise SystemExit("hookline: --kafka listens on 127.0.0.1 and logs to .hookline/")
+        broker = KafkaCluster(nodes=args.nodes, port=args.port, log_dir=Path(".hookline"))
+        try:
+            broker.start()
+        except BrokerError as exc:  # KafkaUnavailable too: no Java 17, no jars and no mvn
+            raise SystemExit(f"hookline: {exc}") from None
+        except KeyboardInterrupt:  # start() has stopped the nodes it launched
+            return 130
+        ready = (
+            f"Apache Kafka {kafka_version()} ({args.nodes} KRaft node"
+            f"{'s' if args.nodes > 1 else ''}, data in a temporary folder) ready; "
+            f"logs: .hookline/kafka-{broker.port}-node*.log; Ctrl-C stops it"
+        )
+    else:
+        if args.nodes != 1:
+            raise SystemExit("hookline: --nodes needs --kafka (Tansu runs one node)")
+        broker = EmbeddedBroker(port=args.port, host=args.host, log_path=args.log_file)
+        broker.start()
+        ready = f"embedded broker (Tansu, in memory) ready; log: {broker.log_path}; Ctrl-C stops it"
     print(f"KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap_servers}", flush=True)
-    print(
-        f"embedded broker (Tansu, in memory) ready; log: {broker.log_path}; Ctrl-C stops it",
-        file=sys.stderr,
-        flush=True,
-    )
+    print(ready, file=sys.stderr, flush=True)
     stop = {"signal": False}
 
     def on_signal(signum: int, frame: object) -> None:
@@ -283,16 +302,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     br = sub.add_parser(
         "broker",
-        help="the embedded Kafka-protocol broker (Tansu, in memory) in the foreground",
+        help="the embedded Kafka-protocol broker (Tansu, in memory) or Apache Kafka, foreground",
         description=(
-            "Start Tansu on loopback and print KAFKA_BOOTSTRAP_SERVERS=host:port. "
-            "Data lives in memory and is gone when it stops. For development and tests only."
+            "Start Tansu (or, with --kafka, Apache Kafka in KRaft mode) on loopback and print "
+            "KAFKA_BOOTSTRAP_SERVERS=host:port[,...]. Data is gone when it stops. "
+            "For development and tests only."
         ),
     )
     br.add_argument("--port", type=int, default=None, help="port (default: a free port)")
     br.add_argument("--host", default="127.0.0.1", help="address (default 127.0.0.1)")
     br.add_argument(
         "--log-file", default=None, help="broker log (default .hookline/broker-PORT.log)"
+    )
+    br.add_argument(
+        "--kafka",
+        action="store_true",
+        help="Apache Kafka (KRaft, pinned in infra/kafka/pom.xml; needs Java 17+, and Maven "
+        "the first time, to fetch the jars) instead of Tansu",
+    )
+    br.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        choices=range(1, 10),
+        metavar="N",
+        help="with --kafka: N nodes, replication factor N, min.insync.replicas min(N, 2)",
     )
     br.set_defaults(func=cmd_broker)
 
