@@ -24,6 +24,7 @@ import signal
 import socket
 import struct
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -473,3 +474,18 @@ def _stop(nodes: list[KafkaNode], timeout: float) -> list[int | None]:
             process.wait()
         codes.append(process.returncode)
     return codes
+
+
+def main() -> int:
+    """``python -m hookline.infra.kafka_cluster``: fetch the jars now (CI does, up front)."""
+    try:
+        check_available(fetch=True)
+    except KafkaUnavailable as exc:
+        print(f"hookline: {exc}", file=sys.stderr)
+        return 1
+    print(f"Apache Kafka {kafka_version()}: {cache_dir() / 'lib'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,8 @@
-"""Shared fixtures: one broker per test session, environments for hookline processes.
+"""Shared fixtures: one broker of each kind per test session, environments for hookline processes.
 
-Broker choice (DEVELOPERS.md): KAFKA_BOOTSTRAP_SERVERS if set, else
-testcontainers' Kafka when a Docker engine answers, else an embedded Tansu.
+Every test that takes ``broker`` (or ``broker_kind``) runs once per kind in
+tests/support/broker.py, ``tansu`` and ``kafka``, and its id says which
+(``test_x[kafka]``); pytest runs all of one kind before starting the other.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import pytest
 from hookline.core.settings import DEV_SOURCES
 
 from hookline.supervisor import dev_secrets
-from tests.support.broker import TestBroker, test_broker
+from tests.support.broker import KINDS, TestBroker, require, running_broker
 
 TESTS = Path(__file__).resolve().parent
 TEST_SOURCES = TESTS / "sources.test.toml"
@@ -33,9 +34,17 @@ def log_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("logs")
 
 
+@pytest.fixture(scope="session", params=KINDS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    """``tansu`` or ``kafka``; skipped (failed under CI=true) when it cannot run here."""
+    kind: str = request.param
+    require(kind)
+    return kind
+
+
 @pytest.fixture(scope="session")
-def broker(log_dir: Path) -> Iterator[TestBroker]:
-    with test_broker(log_dir) as found:
+def broker(broker_kind: str, log_dir: Path) -> Iterator[TestBroker]:
+    with running_broker(broker_kind, log_dir, "session") as found:
         yield found
 
 

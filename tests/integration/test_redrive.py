@@ -11,7 +11,6 @@ redrive changes nothing.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +18,12 @@ from typing import Any
 
 import pytest
 from hookline.core.settings import DEV_SOURCES
-from hookline.infra.broker import EmbeddedBroker, free_port
+from hookline.infra.broker import free_port
 
 from hookline.tail import iso_ms
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
+from tests.support.broker import running_broker
 from tests.support.kafka import Record, read_topics
 from tests.support.operator import hookline, patched_worker, produce_raw
 from tests.support.patched_worker import APPROVED
@@ -33,14 +33,10 @@ DEADLETTER = "production.webhooks.deadletter"
 
 
 @pytest.fixture(scope="module")
-def own_broker(log_dir: Path) -> Iterator[str]:
+def own_broker(broker_kind: str, log_dir: Path) -> Iterator[str]:
     """A broker of this module's own: its workers join group ``hookline``, which on the
     session broker would re-process (and re-dead-letter) other modules' deliveries."""
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    with EmbeddedBroker(log_path=log_dir / "tansu-redrive.log") as broker:
+    with running_broker(broker_kind, log_dir, "redrive") as broker:
         yield broker.bootstrap_servers
 
 

@@ -2,9 +2,9 @@
 
 Raw records are produced straight to ``production.webhooks.raw`` (partitioned
 by ordering key, as the gateway does) at a steady rate, so the worker is busy
-when it is killed. Each module gets its own embedded broker, so the killed
+when it is killed. Each test gets its own broker of each kind, so the killed
 member's session timeout does not slow other tests down; with an external
-cluster (KAFKA_BOOTSTRAP_SERVERS) that cluster is used.
+cluster (KAFKA_BOOTSTRAP_SERVERS) that cluster is the kafka one.
 """
 
 from __future__ import annotations
@@ -29,12 +29,12 @@ from aiokafka.partitioner import DefaultPartitioner
 from hookline.core.adapters import ordering_key, partner
 from hookline.core.settings import DEV_SOURCES
 from hookline.core.sources import Source, load_sources
-from hookline.infra.broker import EmbeddedBroker
 from hookline.streams.end_offsets import fetched_end_offsets
 from hookline.streams.redelivery import MAX_OUTBOX
 
 from tests.conftest import hookline_env
 from tests.support import processes, traffic
+from tests.support.broker import running_broker
 from tests.support.kafka import Record, latest_by_key, read_topics
 from tests.support.signing import DEV, payments_body
 
@@ -43,12 +43,8 @@ PARTITIONER = DefaultPartitioner()
 
 
 @pytest.fixture
-def bootstrap(log_dir: Path) -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    with EmbeddedBroker(log_path=log_dir / "tansu-workers.log") as broker:
+def bootstrap(broker_kind: str, log_dir: Path) -> Iterator[str]:
+    with running_broker(broker_kind, log_dir, "workers") as broker:
         yield broker.bootstrap_servers
 
 
