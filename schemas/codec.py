@@ -47,6 +47,19 @@ class CodecError(ValueError):
     """Bytes that are not a single-object-encoded record of a known schema."""
 
 
+class UnknownSchema(CodecError):
+    """A single-object-encoded record whose writer schema this release does not know.
+
+    Not corrupt data: most likely a record written by a newer release. A
+    worker never acks such a record unread; it waits for a worker that can
+    read it (docs/operations.md, "Upgrading workers").
+    """
+
+    def __init__(self, fingerprint: bytes) -> None:
+        self.fingerprint = bytes(fingerprint).hex()
+        super().__init__(f"unknown writer schema fingerprint {self.fingerprint}")
+
+
 @dataclass(frozen=True)
 class Schema:
     name: str
@@ -248,7 +261,7 @@ class Registry:
         try:
             return self._by_fingerprint[bytes(fp)]
         except KeyError:
-            raise CodecError(f"unknown writer schema fingerprint {bytes(fp).hex()}") from None
+            raise UnknownSchema(fp) from None
 
     def encode(self, name: str, record: Mapping[str, Any]) -> bytes:
         try:
@@ -260,15 +273,32 @@ class Registry:
             unknown = record.keys() - schema.fields
             raise CodecError(f"{name} has no field(s) {sorted(unknown)}")
         if writer is None:
-            return self._fastavro_encode(schema, record)
+            return self._refused(name, schema, record, None)
         try:
             return writer(record)
         except Exception as exc:
             # A value the writer refuses. Let fastavro say why, naming the field
             # (its exception is what encode raised before the compiled writer);
             # if fastavro would write it, it coerces a wrong type: still refused.
-            self._fastavro_encode(schema, record)
+            return self._refused(name, schema, record, exc)
+
+    @classmethod
+    def _refused(
+        cls, name: str, schema: Schema, record: Mapping[str, Any], exc: Exception | None
+    ) -> bytes:
+        """Encode with fastavro; whatever it refuses is a :class:`CodecError`.
+
+        Every value a record can hold (a lone surrogate, a decimal beyond its
+        precision, a wrong type) fails here as data, never as another
+        exception type a caller would not expect.
+        """
+        try:
+            encoded = cls._fastavro_encode(schema, record)
+        except Exception as refused:
+            raise CodecError(f"{name}: {refused}") from refused
+        if exc is not None:
             raise CodecError(f"{name}: {exc}") from exc
+        return encoded
 
     @staticmethod
     def _fastavro_encode(schema: Schema, record: Mapping[str, Any]) -> bytes:
@@ -301,7 +331,7 @@ class Registry:
             return schema.name, record
         schema = self._by_fingerprint.get(fp)
         if schema is None:
-            raise CodecError(f"unknown writer schema fingerprint {fp.hex()}")
+            raise UnknownSchema(fp)
         reader = self._reader[fp]
         buf = io.BytesIO(data)
         buf.seek(HEADER_SIZE)
@@ -335,6 +365,7 @@ DEAD_LETTER = "hookline.DeadLetter"
 CANONICAL_EVENT = "hookline.CanonicalEvent"
 ORDER_STATE = "hookline.OrderState"
 ORDER_CHANGE = "hookline.OrderChange"
+REJECTED_FACT = "hookline.RejectedFact"
 DELIVERY = "hookline.internal.Delivery"
 TRANSACTION_UPDATE = "hookline.internal.TransactionUpdate"
 DEDUP_ENTRY = "hookline.internal.DedupEntry"

@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -125,6 +125,28 @@ class WorkerMetrics:
             "generation had already written that partition: late writes of a worker that "
             "lost its partitions while paused (streams/fencing.py).",
             ["environment", "table"],
+            registry=r,
+        )
+        self.unreadable = Counter(
+            "hookline_worker_unreadable_records",
+            "Records of a schema this release does not know (a newer release wrote them), "
+            "by stage: never acked unread; their partition waits for a worker that can "
+            "read them (docs/operations.md, upgrading workers).",
+            ["environment", "stage"],
+            registry=r,
+        )
+        self.held_partitions = Gauge(
+            "hookline_worker_held_partitions",
+            "Input partitions a stage holds at a record it cannot read (see "
+            "hookline_worker_unreadable_records): nothing past it is processed or committed.",
+            ["environment", "stage"],
+            registry=r,
+        )
+        self.record_errors = Counter(
+            "hookline_worker_record_errors",
+            "Records a stage dead-lettered because processing them raised an error no rule "
+            "anticipated (a bug the record exposed; the dead letter has the reason).",
+            ["environment", "stage"],
             registry=r,
         )
         self.batch_size = Histogram(

@@ -1,9 +1,15 @@
 """Where a raw webhook becomes canonical events (pure: no Kafka, no tables).
 
 Input: one ``<env>.webhooks.raw`` record. Output: either a :class:`Delivery`
-(the canonical events plus what deduplication needs: the key, the content
-digest and the window) or a :class:`DeadLetter` saying at which stage and
-why it could not be mapped. Nothing is dropped silently.
+(the canonical events, already encoded, plus what deduplication needs: the
+key, the content digest and the window) or a :class:`DeadLetter` saying at
+which stage and why it could not be mapped. Nothing is dropped silently, and
+nothing a record holds raises out of here: whatever the adapters, the content
+key or the encoder refuse is that record's dead letter (docs/design.md, "No
+delivery stops the pipeline"). The one exception is a raw record of a schema
+this release does not know (:class:`codec.UnknownSchema`): it is not bad data
+but a newer release's record, and the stage waits for a worker that can read
+it instead of dead-lettering it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,9 @@ from hookline.core.sources import DEFAULT_DEDUP_WINDOW_MS, Source
 from hookline.schemas import codec
 
 MAX_REASON = 1000
+#: Marks a dead letter whose envelope carries an internal record (a stage after
+#: intake could not apply it), not a delivery: redrive cannot re-send it.
+INTERNAL_RECORD_HEADER = "x-hookline-internal-record"
 
 
 class Delivery(NamedTuple):
@@ -31,6 +40,9 @@ class Delivery(NamedTuple):
     content_digest: str
     window_ms: int
     events: list[CanonicalEvent]
+    #: Each event's Avro encoding, by event id: encoded here so that a value
+    #: the schema refuses dead-letters the delivery before any of it is routed.
+    encoded: dict[str, bytes]
 
 
 @dataclass(frozen=True)
@@ -45,7 +57,8 @@ def dead_letter(envelope: dict[str, Any], stage: str, reason: str, key: bytes) -
         "delivery_id": envelope["delivery_id"],
         "envelope": envelope,
         "stage": stage,
-        "reason": reason[:MAX_REASON],
+        # The reason may quote the record: keep it writable (lone surrogates escaped).
+        "reason": reason[:MAX_REASON].encode("utf-8", "backslashreplace").decode("utf-8"),
         "dead_lettered_at": int(time.time() * 1000),
     }
     return DeadLetter(key, codec.encode(codec.DEAD_LETTER, record), record)
@@ -63,6 +76,8 @@ def normalize(
         if raw_value is None:
             raise codec.CodecError("empty record")
         envelope = codec.decode_as(codec.WEBHOOK_ENVELOPE, raw_value)
+    except codec.UnknownSchema:
+        raise
     except codec.CodecError as exc:
         # Not a gateway record: keep the bytes so someone can look at them.
         placeholder = {
@@ -97,8 +112,17 @@ def normalize(
         )
         kind_key, digest = adapter.dedup_identity(document, source.dedup_ignore if source else ())
         events = adapter.to_events(document, ctx)
+        encoded = {
+            event["event_id"]: codec.encode(codec.CANONICAL_EVENT, event) for event in events
+        }
     except Unmappable as exc:
         return dead_letter(envelope, "normalize", str(exc) or type(exc).__name__, key)
+    except codec.CodecError as exc:
+        return dead_letter(
+            envelope, "normalize", f"a canonical event cannot be encoded: {exc}", key
+        )
+    except Exception as exc:
+        return dead_letter(envelope, "normalize", unexpected(exc), key)
 
     return Delivery(
         envelope=envelope,
@@ -106,4 +130,12 @@ def normalize(
         content_digest=digest,
         window_ms=source.dedup_window_ms if source else DEFAULT_DEDUP_WINDOW_MS,
         events=events,
+        encoded=encoded,
     )
+
+
+def unexpected(exc: BaseException) -> str:
+    """A dead letter's reason for an exception no rule anticipated (a bug the
+    record exposed): its type and message, so the letter can be redriven once
+    the fix is out. Counted and logged at ERROR by the stage."""
+    return f"unexpected {type(exc).__name__}: {exc}"

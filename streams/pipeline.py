@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import faust
+import orjson
 from faust.types import TP, EventT, StreamT, TopicT
 from hookline.core import topics
 from hookline.core.partitioner import partition_for
@@ -44,11 +45,19 @@ from hookline.streams.fencing import FencedTable
 from hookline.streams.join import apply_to_transaction
 from hookline.streams.membership import Fenced
 from hookline.streams.metrics import WorkerMetrics, observe_all
-from hookline.streams.normalize import DeadLetter, dead_letter, normalize
+from hookline.streams.normalize import (
+    INTERNAL_RECORD_HEADER,
+    DeadLetter,
+    Delivery,
+    dead_letter,
+    normalize,
+    unexpected,
+)
 from hookline.streams.order_state import OrderResult, apply_event, apply_update, retire
 from hookline.streams.redelivery import MAX_OUTBOX, stamped, unpublished
 from hookline.streams.routing import routes
 from hookline.streams.take import batches
+from hookline.streams.unreadable import HeldPartitions
 
 log = logging.getLogger("hookline.worker")
 
@@ -175,6 +184,14 @@ class StateTable:
         await batch.flush()
 
 
+def _as_json(record: dict[str, Any]) -> bytes:
+    """A record as JSON for a person reading a dead letter (decimals and bytes as text)."""
+    try:
+        return orjson.dumps(record, default=str)
+    except TypeError:
+        return repr(record).encode("utf-8", "backslashreplace")
+
+
 def _stamp(event: EventT, record: dict[str, Any]) -> None:
     """Name this process and the input as the record's writer (streams/redelivery.py)."""
     message = event.message
@@ -241,6 +258,19 @@ class EnvironmentPipeline:
         self._partition_ids = range(config.partitions)
         self.awaiting = AwaitingActivation(self.order_store.table, self.order_store.decode)
         metrics.watch_awaiting(env, self.awaiting)
+
+        #: Per stage, the input partitions held at a record this release
+        #: cannot read (streams/unreadable.py), reminded of once a minute.
+        self.held = {
+            stage: HeldPartitions(app, env, stage, metrics)
+            for stage in ("intake", "transactions", "orders")
+        }
+
+        async def remind_held() -> None:
+            for held in self.held.values():
+                held.remind()
+
+        app.timer(15.0, name=f"{env}.held-partitions")(remind_held)
 
         self._destinations = {
             "events": self.events,
@@ -330,19 +360,35 @@ class EnvironmentPipeline:
             letters: list[dict[str, Any]] = []
             duplicates: dict[str, int] = {}
             counted: dict[tuple[str, str], int] = {}
+            held = self.held["intake"]
             async with self.order_store.lock:
                 for event in events:
-                    result = normalize(
-                        event.key, event.value, self.env, self.sources, self.config.max_json_depth
-                    )
+                    if held.holds(event):
+                        continue
+                    try:
+                        result = normalize(
+                            event.key,
+                            event.value,
+                            self.env,
+                            self.sources,
+                            self.config.max_json_depth,
+                        )
+                    except codec.UnknownSchema as exc:
+                        held.hold(event, exc, "raw record")
+                        continue
                     if isinstance(result, DeadLetter):
                         batch.send(self.deadletter, result.key, result.value)
                         letters.append(result.record)
                         continue
                     envelope = result.envelope
-                    clock.saw(event, envelope["received_at"])
                     key = result.dedup_key.encode()
-                    entry = batch.get(event, key)
+                    try:
+                        entry = batch.get(event, key)
+                        self._read_orders(orders, event, result.events)
+                    except codec.UnknownSchema as exc:
+                        held.hold(event, exc, "table record")
+                        continue
+                    clock.saw(event, envelope["received_at"])
                     seen = classify(
                         entry,
                         envelope["delivery_id"],
@@ -364,7 +410,10 @@ class EnvironmentPipeline:
                         letters.append(letter.record)
                         self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
                         continue
-                    self._route(batch, event, result.events, counted, orders)
+                    for reason in self._route(batch, event, result, counted, orders):
+                        letter = dead_letter(envelope, "orders", reason, event.key or b"")
+                        batch.send(self.deadletter, letter.key, letter.value)
+                        letters.append(letter.record)
                     if orders.full:
                         # An order's outbox is full: publish the orders part so far.
                         await self._publish_orders(orders)
@@ -379,6 +428,7 @@ class EnvironmentPipeline:
                             result.content_digest,
                         ),
                     )
+                held.release(events)
                 self.dedup_store.sweep(batch, clock)
                 await batch.confirm()
                 await self._publish_orders(orders, batch)
@@ -397,40 +447,65 @@ class EnvironmentPipeline:
                     detail["reason"],
                 )
 
+    def _local_orders(self, event: EventT, events: list[dict[str, Any]]) -> list[bytes]:
+        """The order keys of a delivery's events that live in the raw record's partition."""
+        partition = event.message.partition
+        keys = []
+        for canonical in events:
+            if canonical["order_id"]:
+                key = canonical["order_id"].encode()
+                if partition_for(key, self._partition_ids) == partition:
+                    keys.append(key)
+        return keys
+
+    def _read_orders(self, orders: OrderBatch, event: EventT, events: list[dict[str, Any]]) -> None:
+        """Read the delivery's local orders before routing any of it: a table record
+        this release cannot read (``codec.UnknownSchema``) then holds the partition
+        before any of the delivery was sent (streams/unreadable.py)."""
+        for key in self._local_orders(event, events):
+            orders.batch.get(event, key)
+
     def _route(
         self,
         batch: Batch,
         event: EventT,
-        events: list[dict[str, Any]],
+        delivery: Delivery,
         counted: dict[tuple[str, str], int],
         orders: OrderBatch,
-    ) -> None:
+    ) -> list[str]:
         """Send a delivery's events where they go; count them by (source, type) in ``counted``.
 
         An order event whose order's partition is the raw record's own is
-        applied to ``orders`` here instead of crossing ``order-inputs``.
+        applied to ``orders`` here instead of crossing ``order-inputs``; the
+        reasons of those that could not be applied are returned, to be
+        dead-lettered (each fact is applied or dead-lettered on its own).
         Counted per batch, not per event: a labelled metric's lookup per event
         cost more than the rest of the routing.
         """
         topics_by_name = self._destinations
         partition = event.message.partition
-        encoded: dict[str, bytes] = {}
-        for destination, key, canonical in routes(events):
+        encoded = delivery.encoded
+        sent: set[str] = set()
+        failed: list[str] = []
+        for destination, key, canonical in routes(delivery.events):
             key_bytes = key.encode()
             if (
                 destination == "order_inputs"
                 and partition_for(key_bytes, self._partition_ids) == partition
             ):
-                self._apply_order(orders, event, key_bytes, codec.CANONICAL_EVENT, canonical)
-                continue
-            value = encoded.get(canonical["event_id"])
-            if value is None:
-                value = encoded[canonical["event_id"]] = codec.encode(
-                    codec.CANONICAL_EVENT, canonical
+                reason = self._apply_safely(
+                    orders, event, key_bytes, codec.CANONICAL_EVENT, canonical
                 )
+                if reason is not None:
+                    failed.append(reason)
+                continue
+            event_id = canonical["event_id"]
+            if event_id not in sent:
+                sent.add(event_id)
                 label = (canonical["source"], canonical["type"])
                 counted[label] = counted.get(label, 0) + 1
-            batch.send(topics_by_name[destination], key_bytes, value)
+            batch.send(topics_by_name[destination], key_bytes, encoded[event_id])
+        return failed
 
     # -- stage 3: transaction side of the join -------------------------------
     async def transactions(self, stream: StreamT) -> None:
@@ -439,22 +514,38 @@ class EnvironmentPipeline:
             self.metrics.batch_size.labels("transactions").observe(len(events))
             batch, clock = self.transaction_store.batch("transactions"), StreamTime()
             batch.consumed(events)
+            held = self.held["transactions"]
             for event in events:
-                canonical = self._decode(event, codec.CANONICAL_EVENT)
-                if canonical is None:
+                if held.holds(event):
+                    continue
+                try:
+                    canonical = self._decode(event, codec.CANONICAL_EVENT)
+                    if canonical is None:
+                        continue
+                    current = batch.get(event, event.key)
+                except codec.UnknownSchema as exc:
+                    held.hold(event, exc, "transaction fact or its table record")
                     continue
                 clock.saw(event, canonical["received_at"])
-                result = apply_to_transaction(batch.get(event, event.key), canonical, retention)
+                try:
+                    result = apply_to_transaction(current, canonical, retention)
+                    updates = [
+                        (
+                            update["order_id"].encode(),
+                            codec.encode(codec.TRANSACTION_UPDATE, update),
+                        )
+                        for update in result.updates
+                    ]
+                except Exception as exc:
+                    self._internal_letter(batch, event, "transactions", canonical, exc)
+                    continue
                 if result.rejected:
                     self._rejected("payment_status", *result.rejected, canonical["event_id"])
-                for update in result.updates:
-                    batch.send(
-                        self.order_inputs,
-                        update["order_id"].encode(),
-                        codec.encode(codec.TRANSACTION_UPDATE, update),
-                    )
+                for key, value in updates:
+                    batch.send(self.order_inputs, key, value)
                 if result.changed:
                     batch.put(event, event.key, result.record)
+            held.release(events)
             await self.transaction_store.finish(batch, clock)
 
     # -- stage 4: order state -------------------------------------------------
@@ -463,21 +554,31 @@ class EnvironmentPipeline:
             self.metrics.batch_size.labels("orders").observe(len(events))
             orders = OrderBatch(self.order_store.batch("orders"))
             orders.batch.consumed(events)
+            held = self.held["orders"]
             async with self.order_store.lock:
                 for event in events:
+                    if held.holds(event):
+                        continue
                     try:
                         name, record = codec.decode(event.value)
+                        orders.batch.get(event, event.key)  # read first: see _read_orders
+                    except codec.UnknownSchema as exc:
+                        held.hold(event, exc, "order input or its table record")
+                        continue
                     except codec.CodecError as exc:
                         self._undecodable(event, exc)
                         continue
                     if name not in (codec.CANONICAL_EVENT, codec.TRANSACTION_UPDATE):
                         self._undecodable(event, codec.CodecError(f"unexpected {name}"))
                         continue
-                    self._apply_order(orders, event, event.key, name, record)
+                    reason = self._apply_safely(orders, event, event.key, name, record)
+                    if reason is not None:
+                        self._internal_letter(orders.batch, event, "orders", record, reason)
                     if orders.full:
                         await self._publish_orders(orders)
                         generation = orders.batch.generation
                         orders = OrderBatch(self.order_store.batch("orders"), generation)
+                held.release(events)
                 await self._publish_orders(orders)
 
     async def _publish_orders(self, orders: OrderBatch, *others: Batch) -> None:
@@ -487,22 +588,46 @@ class EnvironmentPipeline:
         await orders.batch.write_state_then_send(*others)
         self._orders_changed(orders)
 
+    def _apply_safely(
+        self, orders: OrderBatch, event: EventT, key: bytes, name: str, record: dict[str, Any]
+    ) -> str | None:
+        """:meth:`_apply_order`, with what it raises as the fact's dead-letter reason.
+
+        ``_apply_order`` computes and encodes everything before it changes the
+        batch, so a fact that raises leaves the batch as it was.
+        """
+        try:
+            self._apply_order(orders, event, key, name, record)
+        except codec.UnknownSchema:
+            raise
+        except codec.CodecError as exc:
+            return f"order {key.decode(errors='replace')}: the new state cannot be encoded: {exc}"
+        except Exception as exc:
+            log.error("stage orders: applying a fact raised", exc_info=True)
+            self.metrics.record_errors.labels(self.env, "orders").inc()
+            return f"order {key.decode(errors='replace')}: {unexpected(exc)}"
+        return None
+
     def _apply_order(
         self, orders: OrderBatch, event: EventT, key: bytes, name: str, record: dict[str, Any]
     ) -> None:
-        """Apply an order event or a transaction update to ``orders.batch``."""
+        """Apply an order event or a transaction update to ``orders.batch``.
+
+        Everything that can fail (reading the table, the rules, the encoders)
+        runs before the first change to the batch; keep it so.
+        """
         batch, retention = orders.batch, self.config.order_retention_ms
         current = batch.get(event, key)
         result: OrderResult
         if name == codec.CANONICAL_EVENT:
             arrived = record["received_at"]
-            orders.clock.saw(event, arrived)
             result = apply_event(current, record, self.env, retention)
+            orders.clock.saw(event, arrived)
         else:
             # The join completes when the later of its two facts arrives.
             arrived = max(record["cause"]["received_at"], record["claimed_received_at"])
-            orders.clock.saw(event, record["cause"]["received_at"])
             result = apply_update(current, record, self.env, retention)
+            orders.clock.saw(event, record["cause"]["received_at"])
         for field, before, after in result.rejected:
             self._rejected(field, before, after, result.record["state"]["order_id"])
         if result.conflict:
@@ -511,11 +636,12 @@ class EnvironmentPipeline:
         if result.change is not None:
             change = result.change
             encoded = codec.encode(codec.ORDER_CHANGE, change)
+            state = codec.encode(codec.ORDER_STATE, change["after"])
             outbox = result.record["outbox"] = [*result.record["outbox"], encoded]
             if len(outbox) >= MAX_OUTBOX:
                 orders.full = True
             batch.send(self.orders_changes, key, encoded)
-            batch.send(self.orders_state, key, codec.encode(codec.ORDER_STATE, change["after"]))
+            batch.send(self.orders_state, key, state)
             orders.received.append(arrived)
             orders.transitions.append((event.message.partition, change["before"], change["after"]))
         if result.changed:
@@ -565,6 +691,52 @@ class EnvironmentPipeline:
         except codec.CodecError as exc:
             self._undecodable(event, exc)
             return None
+
+    def _internal_letter(
+        self,
+        batch: Batch,
+        event: EventT,
+        stage: str,
+        record: dict[str, Any],
+        problem: Exception | str,
+    ) -> None:
+        """Dead-letter a fact read from an internal topic that a stage could not apply.
+
+        The record is not a delivery: the letter's envelope names the delivery
+        behind it (its id, source, kind and time) and carries the record as JSON
+        in ``body``, marked with the header ``INTERNAL_RECORD_HEADER`` so that
+        ``hookline redrive`` says to replay that delivery instead.
+        """
+        if isinstance(problem, Exception):
+            if not isinstance(problem, codec.CodecError):
+                log.error("stage %s: a record raised", stage, exc_info=problem)
+                self.metrics.record_errors.labels(self.env, stage).inc()
+            problem = unexpected(problem)
+        cause = record.get("cause") or record
+        message = event.message
+        envelope = {
+            "delivery_id": str(cause.get("delivery_id") or "unknown"),
+            "source": str(cause.get("source") or "unknown"),
+            "kind": str(cause.get("kind") or "unknown"),
+            "environment": self.env,
+            "received_at": int(cause.get("received_at") or 0),
+            "body": _as_json(record),
+            "headers": {
+                INTERNAL_RECORD_HEADER: f"{message.topic}[{message.partition}]@{message.offset}"
+            },
+            "client_ip": None,
+            "verification": "none",
+        }
+        letter = dead_letter(envelope, stage, problem, event.key or b"")
+        batch.send(self.deadletter, letter.key, letter.value)
+        self.metrics.dead_letters.labels(self.env, stage).inc()
+        log.warning(
+            "dead letter env=%s delivery_id=%s stage=%s reason=%s",
+            self.env,
+            envelope["delivery_id"],
+            stage,
+            letter.record["reason"],
+        )
 
     def _undecodable(self, event: EventT, exc: Exception) -> None:
         # Internal topics are written only by this worker: this is a bug or a

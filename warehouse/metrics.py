@@ -17,7 +17,8 @@ ROWS_WRITTEN = Counter(
 ROWS_SKIPPED = Counter(
     "hookline_sink_rows_skipped_total",
     "Records not written: duplicate (key already landed), stale (orders_state already "
-    "had that or a newer version), tombstone (a compacted key's deletion marker)",
+    "had that or a newer version), tombstone (a compacted key's deletion marker), "
+    "unlandable (corrupt, or a value no column holds; logged)",
     ["table", "reason"],
 )
 COMMITS = Counter(

@@ -220,7 +220,10 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def _timestamp(millis: int | None) -> datetime | None:
     if millis is None:
         return None
-    return _EPOCH + timedelta(milliseconds=millis)  # exact, unlike a float of seconds
+    try:
+        return _EPOCH + timedelta(milliseconds=millis)  # exact, unlike a float of seconds
+    except OverflowError:
+        raise MappingError(f"timestamp {millis} ms is beyond what a datetime holds") from None
 
 
 def to_row(table: TableDef, record: Mapping[str, Any]) -> dict[str, Any]:

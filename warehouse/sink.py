@@ -25,7 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 from hookline.schemas import codec
-from hookline.schemas.codec import CodecError
+from hookline.schemas.codec import CodecError, UnknownSchema
 from hookline.warehouse import metrics, rows
 from hookline.warehouse.commit import CommitResult, PartitionBatch, TableWriter
 from hookline.warehouse.rows import MappingError
@@ -175,7 +175,9 @@ class Sink:
             if message.value is None:
                 metrics.ROWS_SKIPPED.labels(writer.identifier, "tombstone").inc()
             else:
-                part.rows.append(self._row(writer, tp, message))
+                row = self._row(writer, tp, message)
+                if row is not None:
+                    part.rows.append(row)
             part.next_offset = expected = message.offset + 1
             self._counts[tp] += 1
             self._buffered += 1
@@ -184,19 +186,30 @@ class Sink:
 
     def _row(
         self, writer: TableWriter, tp: TopicPartition, message: ConsumerRecord
-    ) -> dict[str, object]:
+    ) -> dict[str, object] | None:
+        """The record's row; None for a record no release could land (counted, logged).
+
+        A record of a schema this release does not know stops the sink in
+        front of it instead (:class:`SinkError`): a newer release lands it.
+        """
         where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
         try:
             name, value = codec.decode(message.value)
             if name != writer.table_def.record:
                 raise SinkError(f"{where}: a {name}, expected a {writer.table_def.record}")
             return rows.to_row(writer.table_def, value)
-        except (CodecError, MappingError) as exc:
+        except UnknownSchema as exc:
             raise SinkError(
                 f"{where} cannot be landed ({exc}). The sink stops in front of it and "
                 "committed everything before it; a hookline release whose schemas/ knows "
                 "this record resumes exactly there"
             ) from exc
+        except (CodecError, MappingError) as exc:
+            # Corrupt, or a value no table column can hold: no release would
+            # land it, and stopping here would stop every later row.
+            metrics.ROWS_SKIPPED.labels(writer.identifier, "unlandable").inc()
+            log.error("%s cannot be landed (%s); skipped, it stays on its topic", where, exc)
+            return None
 
     def due(self) -> bool:
         if not self._buffer:

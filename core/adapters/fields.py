@@ -15,6 +15,8 @@ MAX_ID = 256
 MAX_URL = 2048
 MAX_TEXT = 1000
 MAX_ITEMS = 1000  # orders in one transaction
+#: 9999-12-31T23:59:59.999Z, the last instant a Python datetime can hold.
+MAX_TIMESTAMP_MS = 253_402_300_799_999
 
 
 class Unmappable(Exception):
@@ -78,4 +80,8 @@ def timestamp_ms(value: Any) -> int | None:
         return None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
-    return int(parsed.timestamp() * 1000)
+    millis = int(parsed.timestamp() * 1000)
+    # Bounded to what every reader can hold as a datetime (9999-12-31 UTC at
+    # most, the epoch at least): a provider's far date would otherwise pass
+    # here and break a consumer's conversion to a datetime (the warehouse sink's).
+    return millis if 0 <= millis <= MAX_TIMESTAMP_MS else None

@@ -21,6 +21,7 @@ from hookline.core.events import (
     DeliveryContext,
     new_event,
 )
+from hookline.core.json_object import DEFAULT_MAX_DEPTH, NotAJsonObject, loads_object
 
 KIND = "payments"
 
@@ -51,15 +52,23 @@ def claims(document: dict[str, Any]) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=256)
 def _decode(token: str) -> dict[str, Any]:
-    # dedup_key, ordering_key and to_events all need the claims of the same
-    # token, so a delivery's JWT is decoded once instead of three times.
+    """The claims, read as strictly as a body: the token's payload is JSON
+    inside the JSON body, and the gateway's bounds (strict UTF-8 without lone
+    surrogates, no duplicate keys, ``DEFAULT_MAX_DEPTH``) hold there too, so
+    no claim can carry a value the encoders or the content key refuse
+    (docs/design.md, "No delivery stops the pipeline").
+
+    dedup_key, ordering_key and to_events all need the claims of the same
+    token, so a delivery's JWT is decoded once instead of three times.
+    """
     try:
-        decoded = jwt.decode(token, options={"verify_signature": False})
+        payload = jwt.api_jws.decode_complete(token, options={"verify_signature": False})
     except jwt.PyJWTError as exc:
         raise Unmappable(f"unreadable JWT: {type(exc).__name__}") from None
-    if not isinstance(decoded, dict):
-        raise Unmappable("JWT claims are not an object")
-    return decoded
+    try:
+        return loads_object(payload["payload"], DEFAULT_MAX_DEPTH)
+    except NotAJsonObject as exc:
+        raise Unmappable(f"JWT claims: {str(exc).replace('body', 'claims')}") from None
 
 
 def dedup_identity(document: dict[str, Any], ignore: Sequence[str]) -> tuple[str, str]:

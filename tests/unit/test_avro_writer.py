@@ -410,14 +410,23 @@ INVALID: list[tuple[str, dict[str, Any]]] = [
 def test_invalid_values_raise(name: str, record: dict[str, Any]) -> None:
     with pytest.raises(Exception):  # noqa: B017, PT011 (whatever the writer finds first)
         WRITERS[name](record)
+    # Whatever fastavro raises (TypeError, ValueError, UnicodeEncodeError...),
+    # or writes by coercion, encode refuses as data: one exception type for
+    # callers to catch at the record, naming the schema and fastavro's reason.
     try:
         fastavro_bytes(CURRENT[name].plain, record)
-    except Exception as exc:  # encode raises what it raised when fastavro wrote every record
-        with pytest.raises(type(exc)):
+    except Exception as exc:
+        with pytest.raises(codec.CodecError, match=name) as refused:
             codec.encode(name, record)
+        assert str(exc) in str(refused.value)
     else:  # fastavro coerces or writes a value out of range: refused all the same
         with pytest.raises(codec.CodecError, match=name):
             codec.encode(name, record)
+
+
+def test_a_lone_surrogate_is_refused_as_data() -> None:
+    with pytest.raises(codec.CodecError, match="surrogate"):
+        codec.encode(codec.CANONICAL_EVENT, dict(EVENT, provider_event_type="\ud800"))
 
 
 def test_unknown_fields_are_still_refused() -> None:
