@@ -26,6 +26,7 @@ OUTCOMES = (
     "body_timeout",
     "busy",
     "client_gone",
+    "too_slow",
 )
 
 
@@ -59,6 +60,13 @@ class GatewayMetrics:
         self.unverified_body_bytes = Gauge(
             "hookline_gateway_unverified_body_bytes",
             "Bytes of request bodies held now for senders not yet verified.",
+            registry=self.registry,
+        )
+        self.connections_closed = Counter(
+            "hookline_gateway_connections_closed",
+            "Connections the gateway closed before or between requests, by reason "
+            "(headers_too_large, header_timeout, idle, too_many_connections, bad_request).",
+            ["reason"],
             registry=self.registry,
         )
         self.body_bytes = Histogram(

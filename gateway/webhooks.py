@@ -44,6 +44,7 @@ from hookline.gateway.body import (
     BodyTooLarge,
     Busy,
     ClientGone,
+    Evicted,
     LingeringJSONResponse,
     declared_length,
     parse_object,
@@ -78,6 +79,14 @@ DRAIN_SECONDS = 2.0
 #: small webhook to be read whole (so its client sees the answer rather than a
 #: reset), not enough to make refusing a flood cost more than a few reads.
 DRAIN_UNVERIFIED_BYTES = 64 * 1024
+#: Shares of the unverified-body budget one source, and one client address,
+#: may hold; and the reserve a body's final chunk may use beyond the total.
+SOURCE_SHARE = 2
+CLIENT_SHARE = 4
+RESERVE_SHARE = 8
+#: A body that made no progress for this long may be evicted when the budget
+#: is needed: a provider sends its body in one go, an attacker stalls.
+STALL_S = 1.0
 
 #: The 200 as Starlette's JSONResponse wrote it: ``{"accepted":true,"id":"..."}``.
 _ACCEPTED_PREFIX = b'{"accepted":true,"id":"'
@@ -172,7 +181,14 @@ class WebhookEndpoint:
         self.publisher = publisher
         self.metrics = metrics
         self.in_flight = 0
-        self.budget = BodyBudget(settings.unverified_body_bytes)
+        total = settings.unverified_body_bytes
+        self.budget = BodyBudget(
+            total,
+            per_source=total // SOURCE_SHARE,
+            per_client=total // CLIENT_SHARE,
+            reserve=total // RESERVE_SHARE,
+            stall_s=STALL_S,
+        )
         self.body_time_limit = TimeLimit(settings.body_timeout_s)
         self.refusals = ThrottledLog(log)
         # Read when scraped, not set per request: the value is always current.
@@ -215,7 +231,9 @@ class WebhookEndpoint:
         self, source: str, status: int, outcome: str, detail: str, **headers: str
     ) -> JSONResponse:
         self.metrics.deliveries.labels(source, outcome).inc()
-        self.refusals.warning("refused source=%s status=%d reason=%s", source, status, detail)
+        self.refusals.warning(
+            "refused source=%s status=%d reason=%s", source, status, detail, source=source
+        )
         return answer(status, detail, **headers)
 
     def unverified(
@@ -257,19 +275,20 @@ class WebhookEndpoint:
         if route is None:
             self.metrics.deliveries.labels("unknown", "not_found").inc()
             self.refusals.warning("refused unknown source %r", source_name[:64])
-            return answer(404, "unknown source")
+            # Closed, so that whatever body follows is never read.
+            return answer(404, "unknown source", Connection="close")
         source = route.source
         verifier = route.verifier
         limit = route.limit
         head = read_head(scope)
         if head.repeated:
             detail = f"{head.repeated} given more than once"
-            return self.refuse(source.name, 400, "bad_request", detail)
+            return self.refuse(source.name, 400, "bad_request", detail, Connection="close")
         headers = head.headers
         try:
             declared = declared_length(headers.get("content-length"))
         except BadBody as exc:
-            return self.refuse(source.name, 400, "bad_request", str(exc))
+            return self.refuse(source.name, 400, "bad_request", str(exc), Connection="close")
         drain = min(declared if declared is not None else limit, DRAIN_UNVERIFIED_BYTES)
         client = scope.get("client")
         client_ip: str | None = client[0] if client else None
@@ -282,7 +301,7 @@ class WebhookEndpoint:
         if declared is not None and declared > limit:
             return self.too_large(route, verifier.complete_before_body)
 
-        with self.budget.hold() as hold:
+        with self.budget.hold(source.name, client_ip) as hold:
             try:
                 body = await read_body(
                     receive,
@@ -299,6 +318,14 @@ class WebhookEndpoint:
                     408,
                     "body_timeout",
                     f"body not received within {self.settings.body_timeout_s:g}s",
+                    Connection="close",
+                )
+            except Evicted:
+                return self.refuse(
+                    source.name,
+                    408,
+                    "too_slow",
+                    "body too slow: evicted to make room for others",
                     Connection="close",
                 )
             except Busy:

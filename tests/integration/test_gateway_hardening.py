@@ -229,49 +229,91 @@ async def test_a_body_that_stops_arriving_is_answered_408_and_closed(
     assert deliveries(await scrape(client), "partner", "body_timeout") == before + 1
 
 
-async def test_unverified_bodies_share_a_budget_and_an_authentic_token_is_not_charged(
+async def test_a_stalled_unverified_body_is_evicted_to_make_room_and_tokens_are_not_charged(
     hardened: processes.ServiceProcess, client: httpx.AsyncClient
 ) -> None:
     gauge = ("hookline_gateway_unverified_body_bytes", frozenset())
-    _, holder = await asyncio.open_connection(*address(hardened))
+    held = BUDGET // 4 - 16 * 1024  # most of one client address's share
+    reader, holder = await asyncio.open_connection(*address(hardened))
     try:
-        # An unverified sender (HMAC needs the body) holds most of the budget...
+        # An unverified sender (HMAC needs the body) holds most of its share, then stalls...
         holder.write(
             head("/webhooks/vignette-sales", "X-Signature: " + "0" * 64, f"Content-Length: {MB}")
         )
-        holder.write(b"{" * (BUDGET - 16 * 1024))
+        holder.write(b"{" * held)
         await holder.drain()
         deadline = time.monotonic() + 10
-        while (await scrape(client)).get(gauge, 0) < BUDGET - 16 * 1024:
+        while (await scrape(client)).get(gauge, 0) < held:
             assert time.monotonic() < deadline, "the held bytes were never charged"
             await asyncio.sleep(0.05)
-        # ...so the next unverified body that needs more is refused, 503 with Retry-After...
-        refused = await client.post(
-            "/webhooks/vignette-sales",
-            content=b"{" * (64 * 1024),
-            headers={"X-Signature": "0" * 64},
-        )
-        assert refused.status_code == 503
-        assert refused.headers["retry-after"]
-        assert refused.json()["detail"] == "too many unverified bodies in flight"
-        # ...while a sender proven by its query token is not charged at all.
+        # ...a sender proven by its query token is not charged at all...
         accepted = await client.post(
             "/webhooks/partner", params={"token": PARTNER}, content=partner_body(pad="x" * BUDGET)
         )
         assert accepted.status_code == 200, accepted.text
+        await asyncio.sleep(1.2)  # stalled for longer than the gateway's 1 s
+        # ...and the next unverified body that needs its room evicts the stalled one
+        # (408, closed) instead of being refused.
+        padded = json.dumps(
+            {**json.loads(payload("vignette-sales-success.json")), "pad": "x" * 32 * 1024}
+        ).encode()
+        authentic = await client.post(
+            "/webhooks/vignette-sales",
+            content=padded,
+            headers={"X-Signature": hmac_signature(padded, VIGNETTE)},
+        )
+        assert authentic.status_code == 200, authentic.text
+        status, headers, body = await answer_of(reader, within=3)
+        assert status == 408
+        assert headers["connection"] == "close"
+        assert json.loads(body)["detail"].startswith("body too slow")
+        assert await closed_by_server(reader, within=3)
     finally:
         holder.close()
     deadline = time.monotonic() + 10
     while (await scrape(client)).get(gauge, 0) != 0:
         assert time.monotonic() < deadline, "the budget was not given back"
         await asyncio.sleep(0.05)
-    sale = payload("vignette-sales-success.json")
-    again = await client.post(
-        "/webhooks/vignette-sales",
-        content=sale,
-        headers={"X-Signature": hmac_signature(sale, VIGNETTE)},
-    )
-    assert again.status_code == 200, again.text
+    assert deliveries(await scrape(client), "vignette-sales", "too_slow") >= 1
+
+
+async def test_stalled_signed_bodies_do_not_starve_authentic_hmac_and_jwt_senders(
+    hardened: processes.ServiceProcess, client: httpx.AsyncClient
+) -> None:
+    """32 connections stall HMAC and JWT bodies past the budget; every authentic delivery passes."""
+    host, port = address(hardened)
+    stalled: list[asyncio.StreamWriter] = []
+    try:
+        for i in range(32):
+            _, writer = await asyncio.open_connection(host, port)
+            if i % 2:
+                writer.write(head("/webhooks/payments", "Content-Length: 16384") + b"{" * 16383)
+            else:
+                writer.write(
+                    head(
+                        "/webhooks/vignette-sales",
+                        "X-Signature: " + "0" * 64,
+                        f"Content-Length: {MB}",
+                    )
+                    + b"{" * (64 * 1024)
+                )
+            await writer.drain()
+            stalled.append(writer)
+        await asyncio.sleep(1.2)
+        sale = payload("vignette-sales-success.json")
+        statuses = []
+        for _ in range(10):
+            hmac_answer = await client.post(
+                "/webhooks/vignette-sales",
+                content=sale,
+                headers={"X-Signature": hmac_signature(sale, VIGNETTE)},
+            )
+            jwt_answer = await client.post("/webhooks/payments", content=fresh_payments())
+            statuses += [hmac_answer.status_code, jwt_answer.status_code]
+        assert statuses == [200] * 20
+    finally:
+        for writer in stalled:
+            writer.close()
 
 
 # -- 1. CPU before authentication --------------------------------------------------------------
