@@ -218,6 +218,18 @@ class Consumer(driver.Consumer):
             changelogs = self._changelogs = frozenset(self.app.tables.changelog_topics)
         return self.app.topics.acks_enabled_for(topic) and topic not in changelogs
 
+    def verify_event_path(self, now: float, tp: TP) -> None:
+        """Faust's livelock check, for the partitions a stream reads.
+
+        An active table's changelog partitions stay assigned after recovery
+        but no stream reads them, so Faust's "Stream has not started
+        processing" fired for each of them once the worker had written to a
+        table and waited ``stream_processing_timeout``: an ERROR on a healthy
+        worker. Recovery has its own check (``verify_recovery_event_path``).
+        """
+        if tp.topic not in (self._changelogs or self.app.tables.changelog_topics):
+            super().verify_event_path(now, tp)
+
     def _route(self, tp: TP) -> Route | None:
         """The queue of the one raw-bytes channel reading ``tp``, if that is all there is.
 
