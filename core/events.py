@@ -56,6 +56,8 @@ def new_event(
     error: dict[str, str | None] | None = None,
     amount: Decimal | None = None,
     currency: str | None = None,
+    refused_amount: str | None = None,
+    provider_event_id: str | None = None,
 ) -> CanonicalEvent:
     return {
         # Derived from the delivery id, so reprocessing yields the same id.
@@ -80,6 +82,8 @@ def new_event(
         "error": error,
         "amount": amount,
         "currency": currency,
+        "refused_amount": refused_amount,
+        "provider_event_id": provider_event_id,
     }
 
 

@@ -14,7 +14,13 @@ An update carries the status with the stamp (arrival time, event id) of the
 fact that set it, and the cause naming that fact's delivery. Orders apply the
 payment rules to the stamps themselves, so they never depend on this
 record's history: when the record expires (after the join retention) and a
-status comes back later, it is applied like any other.
+status comes back later, it is applied like any other. A SUCCEEDED keeps
+the stamp of its earliest delivery (the first-success rule, PRODUCT.md
+section 4): an earlier copy learnt later moves it back and fans out again.
+
+A status the rules refuse (``payment_regression``) fans out too, as updates
+marked ``rejected``: each member order publishes it as its own rejected fact,
+once, and applies nothing (docs/consumers.md, "Rejected facts").
 """
 
 from __future__ import annotations
@@ -75,20 +81,27 @@ def apply_to_transaction(
     stamp = (event["received_at"], event["event_id"])
 
     status_changed = False
+    refused: list[dict[str, Any]] = []
     if event["entity_type"] == "transaction" and event["payment_status"]:
         current = work["payment_status"]
         current_stamp = (work["status_received_at"], work["status_event_id"])
         verdict = payment_status_verdict(current, current_stamp, event["payment_status"], stamp)
-        if verdict is Verdict.APPLY:
+        earlier_success = (
+            verdict is Verdict.SAME and current == "SUCCEEDED" and stamp < current_stamp
+        )
+        if verdict is Verdict.APPLY or earlier_success:
             work["payment_status"] = event["payment_status"]
             work["version"] += 1
             work["status_cause"] = cause_of(event)
             status_changed = True
         elif verdict is Verdict.REJECT:
             result.rejected = (current, event["payment_status"])
+            refused = [_refused(work, member, event) for member in work["members"]]
         # The stamp is the arrival of the status now held: taken on every
-        # change, and moved on by a later repeat of the same status.
-        if verdict is Verdict.APPLY or (verdict is Verdict.SAME and stamp > current_stamp):
+        # change, moved on by a later repeat of the same status, and moved
+        # back by an earlier success.
+        later_repeat = verdict is Verdict.SAME and current != "SUCCEEDED" and stamp > current_stamp
+        if verdict is Verdict.APPLY or earlier_success or later_repeat:
             work["status_received_at"], work["status_event_id"] = stamp
 
     named = event["order_ids"] if event["entity_type"] == "transaction" else [event["order_id"]]
@@ -100,7 +113,7 @@ def apply_to_transaction(
         targets = restamped
     else:
         targets = []
-    result.updates = [_update(work, member) for member in targets]
+    result.updates = [_update(work, member) for member in targets] + refused
     work["expires_at"] = max(work["expires_at"], event["received_at"] + retention_ms)
     result.changed = work != record
     return result
@@ -142,4 +155,21 @@ def _update(work: dict[str, Any], member: dict[str, Any]) -> dict[str, Any]:
         "claimed_event_id": member["claimed_event_id"],
         # The delivery that carried the payment fact, also when the order joins later.
         "cause": work["status_cause"],
+        "rejected": False,
+    }
+
+
+def _refused(work: dict[str, Any], member: dict[str, Any], event: CanonicalEvent) -> dict[str, Any]:
+    """The update telling a member order that its transaction refused this status."""
+    return {
+        "order_id": member["order_id"],
+        "transaction_id": work["transaction_id"],
+        "payment_status": event["payment_status"],
+        "transaction_version": work["version"],
+        "status_received_at": event["received_at"],
+        "status_event_id": event["event_id"],
+        "claimed_received_at": member["claimed_received_at"],
+        "claimed_event_id": member["claimed_event_id"],
+        "cause": cause_of(event),
+        "rejected": True,
     }

@@ -57,27 +57,30 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
         raise Unmappable("'data' must be an object")
     occurred_at = timestamp_ms(document.get("created_at"))
     order_id = text(data, "order_id", required=False)
-    common = {"provider_event_type": event_type, "occurred_at": occurred_at}
+    # The envelope id names the provider's event: a refund counts once per
+    # (source, id) for the order's whole life, also after the dedup window.
+    common: dict[str, Any] = {
+        "provider_event_type": event_type,
+        "occurred_at": occurred_at,
+        "provider_event_id": envelope_id,
+    }
+    if event_type in REFUNDING_TYPES:
+        # Assumed (payloads/envelope-refund.json): data.amount and data.currency;
+        # no amount means the whole order is refunded. An amount out of range
+        # is refused (kept as text for its rejected fact), never a full refund.
+        refunded, refused = money.priced(data.get("amount"), "'data.amount'")
+        common.update(
+            amount=refunded,
+            refused_amount=refused,
+            currency=money.currency(data.get("currency"), "'data.currency'"),
+        )
 
     if event_type in REFUNDING_TYPES and order_id:
-        # Assumed (payloads/envelope-refund.json): data.amount and data.currency;
-        # no amount means the whole order is refunded.
-        return [
-            new_event(
-                ctx,
-                0,
-                ORDER_REFUNDED,
-                "order",
-                order_id,
-                order_id=order_id,
-                amount=money.amount(data.get("amount"), "'data.amount'"),
-                currency=money.currency(data.get("currency"), "'data.currency'"),
-                **common,
-            )
-        ]
+        return [new_event(ctx, 0, ORDER_REFUNDED, "order", order_id, order_id=order_id, **common)]
     subscription_id = text(data, "subscription_id", required=False)
     entity_type, entity_id = (
         ("subscription", subscription_id) if subscription_id else ("other", envelope_id)
     )
-    # Every other type only informs: a canonical event, no state change.
+    # Every other type only informs: a canonical event, no state change (a
+    # refund naming no order keeps its amount on the event).
     return [new_event(ctx, 0, f"envelope.{event_type}", entity_type, entity_id, **common)]

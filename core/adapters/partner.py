@@ -106,14 +106,16 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
         transaction_id = required_text(document, "transaction_id")
         status = choice(document.get("status"), CHECKOUT_STATUS, "checkout status")
         # Assumed (payloads/partner-checkout-multi.json): one currency for the
-        # checkout, each entry of "orders" its own "amount".
+        # checkout, each entry of "orders" its own "amount". An amount out of
+        # range is refused for its order alone (money.priced): the checkout's
+        # status and the other orders' prices still apply.
         currency = money.currency(document.get("currency"), "'currency'")
-        priced: dict[str, Any] = {}
+        priced: dict[str, tuple[Any, str | None]] = {}
         for entry in items(document, "orders") if "orders" in document else []:
             if not isinstance(entry, dict):
                 raise Unmappable("'orders' entries must be objects")
             order_id = required_text(entry, "order_id")
-            price = money.amount(entry.get("amount"), f"amount of order {order_id[:64]!r}")
+            price = money.priced(entry.get("amount"), f"amount of order {order_id[:64]!r}")
             priced.setdefault(order_id, price)
         events = [
             new_event(
@@ -128,9 +130,10 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
                 **common,
             )
         ]
-        # Each order's price is an order fact: one order.priced event per order with an amount.
-        for order_id, price in priced.items():
-            if price is not None:
+        # Each order's price is an order fact: one order.priced event per order
+        # with an amount (a refused one carries its text instead).
+        for order_id, (price, refused) in priced.items():
+            if price is not None or refused is not None:
                 events.append(
                     new_event(
                         ctx,
@@ -142,6 +145,7 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
                         transaction_id=transaction_id,
                         amount=price,
                         currency=currency,
+                        refused_amount=refused,
                         **common,
                     )
                 )

@@ -14,6 +14,7 @@ from typing import Any
 
 import jwt
 from hookline.core import content_key
+from hookline.core.adapters import money
 from hookline.core.adapters.fields import Unmappable, choice, required_text
 from hookline.core.events import (
     TRANSACTION_STATUS_CHANGED,
@@ -95,6 +96,11 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
     transaction_id = required_text(payload, "orderReference")
     status = choice(payload.get("paymentStatus"), PAYMENT_STATUS, "paymentStatus")
     event = payload.get("event")
+    # paymentDetails.amount/currency: the transaction's amount (PRODUCT.md
+    # section 4), on its event only; out of range it is refused (kept as text).
+    details = payload.get("paymentDetails")
+    details = details if isinstance(details, dict) else {}
+    paid, refused = money.priced(details.get("amount"), "'paymentDetails.amount'")
     return [
         new_event(
             ctx,
@@ -105,5 +111,8 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
             provider_event_type=event if isinstance(event, str) and len(event) <= 100 else None,
             transaction_id=transaction_id,
             payment_status=status,
+            amount=paid,
+            currency=money.currency(details.get("currency"), "'paymentDetails.currency'"),
+            refused_amount=refused,
         )
     ]

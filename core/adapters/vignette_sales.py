@@ -93,7 +93,8 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
                 row_id,
                 "ACTIVE" if row.get("active") is True else "PENDING",
                 vignette_id or sale_vignette,
-                money.amount(price.get("amount"), f"price of row {row_id[:64]!r}"),
+                # Out of range: refused for this row alone (money.priced).
+                *money.priced(price.get("amount"), f"price of row {row_id[:64]!r}"),
                 money.currency(price.get("currency"), f"currency of row {row_id[:64]!r}"),
             )
         )
@@ -112,7 +113,9 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
             payment_status="SUCCEEDED",
         )
     ]
-    for index, (order_id, status, vignette_id, price, currency) in enumerate(rows, start=1):
+    for index, (order_id, status, vignette_id, price, refused, currency) in enumerate(
+        rows, start=1
+    ):
         events.append(
             new_event(
                 ctx,
@@ -127,7 +130,8 @@ def to_events(document: dict[str, Any], ctx: DeliveryContext) -> list[CanonicalE
                 order_status=status,
                 vignette_id=vignette_id,
                 amount=price,
-                currency=currency if price is not None else None,
+                currency=currency if price is not None or refused is not None else None,
+                refused_amount=refused,
             )
         )
     return events

@@ -22,7 +22,7 @@ from hookline.core.events import (
 )
 from hookline.schemas import codec
 from hookline.streams.join import apply_to_transaction
-from hookline.streams.order_state import apply_event, apply_update
+from hookline.streams.order_state import apply_event, apply_update, retire
 from hookline.streams.routing import routes
 
 from tests.unit.helpers import ctx
@@ -124,7 +124,13 @@ def refund(
     at: int,
     currency: str | None = "EUR",
     delivery_id: str | None = None,
+    envelope_id: str | None = None,
+    refused: str | None = None,
 ) -> list[CanonicalEvent]:
+    """An envelope refund; ``envelope_id`` is the provider's id (the same on a re-send).
+
+    ``refused``: the amount the adapter refused as out of range (``amount`` is then None).
+    """
     context = ctx(delivery_id or f"rf-{order_id}-{amount}-{at}", at, kind="envelope")
     return [
         new_event(
@@ -136,7 +142,9 @@ def refund(
             provider_event_type="subscription_event_refund",
             order_id=order_id,
             amount=None if amount is None else Decimal(amount).quantize(Decimal("0.0001")),
-            currency=currency if amount is not None else None,
+            currency=currency if amount is not None or refused is not None else None,
+            refused_amount=refused,
+            provider_event_id=envelope_id or context.delivery_id,
         )
     ]
 
@@ -151,7 +159,10 @@ class Flow:
         self.orders: dict[str, dict[str, Any]] = {}
         self.changes: dict[str, list[dict[str, Any]]] = defaultdict(list)
         self.conflicts: list[str] = []
+        #: Every rejection, as (field, held, value), published or only counted.
         self.rejected: list[tuple[str, str | None, str]] = []
+        #: The RejectedFact records the worker would publish, in order.
+        self.facts: list[dict[str, Any]] = []
 
     # -- the stages, one input each ---------------------------------------------------------
     def to_transaction(self, transaction_id: str, event: CanonicalEvent) -> list[dict[str, Any]]:
@@ -172,7 +183,11 @@ class Flow:
             result = apply_event(current, item, ENV, self.order_retention)
         else:
             result = apply_update(current, item, ENV, self.order_retention)
-        self.rejected += result.rejected
+        for rejection in result.rejected:
+            self.rejected.append((rejection.field, rejection.held, rejection.value))
+            if rejection.fact is not None:
+                _roundtrip(codec.REJECTED_FACT, rejection.fact)
+                self.facts.append(rejection.fact)
         if result.conflict:
             self.conflicts.append(result.conflict)
         if result.change is not None:
@@ -212,8 +227,23 @@ class Flow:
                 self.to_order(item)
         return self
 
+    def retire_all(self) -> Flow:
+        """What the sweeper does to orders idle past the retention (streams/expiry.py)."""
+        self.orders = {oid: retire(record) for oid, record in self.orders.items()}
+        for record in self.orders.values():
+            _roundtrip(codec.ORDER_RECORD, record)
+        return self
+
     def state(self, order_id: str) -> dict[str, Any]:
         return self.orders[order_id]["state"]
+
+    def rules(self, order_id: str | None = None) -> list[tuple[str, str, str]]:
+        """(rule, field, value) of each published rejected fact (of one order)."""
+        return [
+            (fact["rule"], fact["field"], fact["value"])
+            for fact in self.facts
+            if order_id is None or fact["order_id"] == order_id
+        ]
 
 
 def _roundtrip(schema: str, record: dict[str, Any]) -> None:

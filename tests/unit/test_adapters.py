@@ -52,6 +52,8 @@ def base(context: DeliveryContext, index: int = 0) -> dict[str, Any]:
         "error": None,
         "amount": None,
         "currency": None,
+        "refused_amount": None,
+        "provider_event_id": None,
     }
 
 
@@ -275,12 +277,9 @@ def _with(name: str, **changes: Any) -> dict[str, Any]:
         _with("partner-checkout-multi.json", orders=["ord_5a71"]),
         _with("partner-checkout-multi.json", orders=[{"id": "ord_5a71"}]),
         _with("partner-checkout-multi.json", orders=[{"order_id": LONG_ID}]),
-        checkout({"order_id": "o1", "amount": -15.7}),
         checkout({"order_id": "o1", "amount": "abc"}),
-        checkout({"order_id": "o1", "amount": 1.23456}),
         checkout({"order_id": "o1", "amount": True}),
         checkout({"order_id": "o1", "amount": {"value": 1}}),
-        checkout({"order_id": "o1", "amount": 10**15}),
         checkout({"order_id": "o1", "amount": 1}, currency="EURO"),
         checkout({"order_id": "o1", "amount": 1}, currency=978),
     ],
@@ -288,6 +287,24 @@ def _with(name: str, **changes: Any) -> dict[str, Any]:
 def test_partner_unmappable(document: dict[str, Any]) -> None:
     with pytest.raises(Unmappable):
         partner.to_events(document, PC)
+
+
+@pytest.mark.parametrize(
+    ("bad", "text"), [(-15.7, "-15.7"), (1.23456, "1.23456"), (10**15, "1000000000000000")]
+)
+def test_partner_checkout_refuses_one_bad_price_and_keeps_the_others(bad: Any, text: str) -> None:
+    """PRODUCT.md section 4: the refused amount is marked, the checkout's other facts stay."""
+    document = checkout(
+        {"order_id": "o1", "amount": 10}, {"order_id": "o2", "amount": bad}, currency="EUR"
+    )
+    events = schema_valid(partner.to_events(document, PC))
+    assert events[0]["order_ids"] == ["o1", "o2"]
+    assert [
+        (e["order_id"], e["amount"], e["refused_amount"], e["currency"]) for e in events[1:]
+    ] == [
+        ("o1", Decimal("10.0000"), None, "EUR"),
+        ("o2", None, text, "EUR"),
+    ]
 
 
 def test_partner_ids_of_256_characters_are_fine() -> None:
@@ -433,9 +450,7 @@ def test_vignette_sales_rows_carry_their_price() -> None:
 @pytest.mark.parametrize(
     "price",
     [
-        {"currency": "BGN", "amount": -30.68},
         {"currency": "BGN", "amount": "abc"},
-        {"currency": "BGN", "amount": 1.23456},
         {"currency": "BGN", "amount": False},
         {"currency": "BG", "amount": 30.68},
         {"currency": 975, "amount": 30.68},
@@ -445,6 +460,17 @@ def test_vignette_sales_bad_price_is_unmappable(price: dict[str, Any]) -> None:
     document = sale_with_rows(row("r1", True, {"id": "kp_a", "price": price}))
     with pytest.raises(Unmappable, match="'r1'"):
         vignette_sales.to_events(document, VC)
+
+
+def test_vignette_sales_refuses_a_row_price_out_of_range_and_keeps_the_row() -> None:
+    document = sale_with_rows(
+        row("r1", True, {"id": "kp_a", "price": {"currency": "BGN", "amount": -30.68}}),
+        row("r2", True, {"id": "kp_b", "price": {"currency": "BGN", "amount": 30.68}}),
+    )
+    events = schema_valid(vignette_sales.to_events(document, VC))
+    assert [
+        (e["order_id"], e["order_status"], e["amount"], e["refused_amount"]) for e in events[1:]
+    ] == [("r1", "ACTIVE", None, "-30.68"), ("r2", "ACTIVE", Decimal("30.6800"), None)]
 
 
 def test_vignette_sales_row_without_any_vignette_id() -> None:
@@ -582,6 +608,8 @@ def test_payments_completed() -> None:
             "provider_event_type": "payment.completed",
             "transaction_id": "tr_8c1f0d2a",
             "payment_status": "SUCCEEDED",
+            "amount": Decimal("31.4000"),
+            "currency": "EUR",
         }
     ]
 
@@ -673,10 +701,24 @@ def test_payments_dedup_key_sees_other_claims(changed: dict[str, Any]) -> None:
     assert _key({**CLAIMS, **changed}) != _key(CLAIMS)
 
 
-def test_payments_carry_no_amount() -> None:
-    # paymentDetails.amount is the payment's, not an order's price (PRODUCT.md section 4).
-    [event] = payments.to_events(payments_doc(CLAIMS), YC)
-    assert (event["amount"], event["currency"]) == (None, None)
+def test_payments_amount_reaches_the_transaction_event() -> None:
+    # PRODUCT.md section 4: paymentDetails.amount/currency are the transaction's amount.
+    [event] = schema_valid(payments.to_events(payments_doc(CLAIMS), YC))
+    assert (event["amount"], event["currency"]) == (Decimal("31.4000"), "EUR")
+    assert event["order_id"] is None  # the transaction's, never an order's price
+
+
+def test_payments_amount_out_of_range_is_refused_and_the_status_applies() -> None:
+    details = {**CLAIMS["paymentDetails"], "amount": -31.4}
+    [event] = payments.to_events(payments_doc({**CLAIMS, "paymentDetails": details}), YC)
+    assert (event["amount"], event["refused_amount"]) == (None, "-31.4")
+    assert event["payment_status"] == "SUCCEEDED"
+
+
+def test_payments_without_details_carry_no_amount() -> None:
+    claims = {k: v for k, v in CLAIMS.items() if k != "paymentDetails"}
+    [event] = payments.to_events(payments_doc(claims), YC)
+    assert (event["amount"], event["currency"], event["refused_amount"]) == (None, None, None)
 
 
 def test_payments_ordering_key_is_the_order_reference() -> None:
@@ -703,6 +745,7 @@ def test_envelope_refund_refunds_the_order() -> None:
             "order_id": "ord_5a72",
             "amount": Decimal("15.7000"),
             "currency": "EUR",
+            "provider_event_id": "wh_01JD8Q5R2N7",
         }
     ]
 
@@ -747,13 +790,27 @@ def test_envelope_refund_amounts(
     assert event["order_status"] is None
 
 
-@pytest.mark.parametrize(
-    "data",
-    [{"amount": -1}, {"amount": "abc"}, {"amount": 1.23456}, {"amount": True}, {"currency": "EU"}],
-)
+@pytest.mark.parametrize("data", [{"amount": "abc"}, {"amount": True}, {"currency": "EU"}])
 def test_envelope_refund_bad_amount_is_unmappable(data: dict[str, Any]) -> None:
     with pytest.raises(Unmappable, match="data"):
         envelope.to_events(refund(**data), EC)
+
+
+@pytest.mark.parametrize(("amount", "text"), [(-1, "-1"), (1.23456, "1.23456")])
+def test_envelope_refund_amount_out_of_range_is_refused_never_a_full_refund(
+    amount: Any, text: str
+) -> None:
+    [event] = schema_valid(envelope.to_events(refund(amount=amount), EC))
+    assert event["type"] == "order.refunded"
+    assert (event["amount"], event["refused_amount"]) == (None, text)
+
+
+def test_envelope_refund_without_order_keeps_its_amount() -> None:
+    # PRODUCT.md section 4: only a refund naming an order refunds; the event keeps the amount.
+    [event] = schema_valid(envelope.to_events(refund(order_id=...), EC))
+    assert event["type"] == "envelope.subscription_event_refund"
+    assert (event["amount"], event["currency"]) == (Decimal("15.7000"), "EUR")
+    assert event["provider_event_id"] == "wh_01JD8Q5R2N7"
 
 
 @pytest.mark.parametrize("order_id", [..., None, ""])
@@ -783,6 +840,7 @@ def test_envelope_user_create_is_only_an_event() -> None:
             "entity_id": "sub_43",
             "provider_event_type": "subscription_user_create",
             "occurred_at": iso_ms("2026-11-22T09:01:00Z"),
+            "provider_event_id": "wh_01JD8Q5R2N8",
         }
     ]
 

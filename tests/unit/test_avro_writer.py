@@ -121,8 +121,10 @@ def pipeline_records() -> dict[str, list[dict[str, Any]]]:
             refund("o-1", "5.5", T0 + 5),
             refund("o-2", None, T0 + 6),
             order_status("o-4", "DEFERRED", T0 + 7),
+            order_status("o-4", "CREATED", T0 + 8),  # a rejected fact
         ]
     )
+    found[codec.REJECTED_FACT] += flow.facts
     found[codec.TRANSACTION_RECORD] += flow.transactions.values()
     found[codec.ORDER_RECORD] += flow.orders.values()
     found[codec.ORDER_RECORD] += [retire(record) for record in flow.orders.values()]

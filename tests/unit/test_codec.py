@@ -101,6 +101,8 @@ EVENT = {
     "error": {"code": "VEHICLE_NOT_FOUND", "message": "no such plate"},
     "amount": Decimal("1234567890.1234"),
     "currency": "HUF",
+    "refused_amount": None,
+    "provider_event_id": None,
 }
 
 SAMPLES: dict[str, dict[str, Any]] = {
@@ -122,6 +124,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "after": STATE,
         "changed_fields": ["payment_status"],
         "cause": CAUSE,
+    },
+    codec.REJECTED_FACT: {
+        "order_id": "ord_5a71",
+        "field": "order_status",
+        "value": "PENDING",
+        "rule": "status_regression",
+        "cause": CAUSE,
+        "rejected_at": T0 + 5,
     },
     "hookline.ChangeCause": CAUSE,
     "hookline.ProviderError": {"code": None, "message": "m"},

@@ -345,16 +345,16 @@ def row_amount(amount: Any) -> bytes:
     return json.dumps(document).encode()
 
 
-@pytest.mark.parametrize("amount", [-15.7, "abc", 1.23456, True, 10**15])
-@pytest.mark.parametrize(
-    ("source_name", "body_of", "named"),
-    [
-        ("partner", checkout_amount, "amount of order 'ord_5a73'"),
-        ("envelope", refund_amount, "'data.amount'"),
-        ("vignette-sales", row_amount, "price of row 'row_1'"),
-    ],
-)
-def test_bad_amount_is_dead_lettered_at_normalize(
+BAD_AMOUNT_BODIES = [
+    ("partner", checkout_amount, "amount of order 'ord_5a73'"),
+    ("envelope", refund_amount, "'data.amount'"),
+    ("vignette-sales", row_amount, "price of row 'row_1'"),
+]
+
+
+@pytest.mark.parametrize("amount", ["abc", True, {"value": 1}])
+@pytest.mark.parametrize(("source_name", "body_of", "named"), BAD_AMOUNT_BODIES)
+def test_an_amount_that_is_not_a_number_is_dead_lettered_at_normalize(
     source_name: str, body_of: Any, named: str, amount: Any
 ) -> None:
     key, value, envelope = raw(source_name, body_of(amount))
@@ -363,15 +363,32 @@ def test_bad_amount_is_dead_lettered_at_normalize(
     assert record["envelope"] == envelope
 
 
-def test_bad_amount_in_a_raw_body_is_dead_lettered() -> None:
+@pytest.mark.parametrize(
+    ("amount", "text"), [(-15.7, "-15.7"), (1.23456, "1.23456"), (10**15, "1000000000000000")]
+)
+@pytest.mark.parametrize(("source_name", "body_of", "named"), BAD_AMOUNT_BODIES)
+def test_an_amount_out_of_range_is_refused_and_the_delivery_maps(
+    source_name: str, body_of: Any, named: str, amount: Any, text: str
+) -> None:
+    """PRODUCT.md section 4, money out of range: refused per amount, the other facts apply."""
+    key, value, _ = raw(source_name, body_of(amount))
+    result = run(key, value)
+    assert isinstance(result, Delivery)
+    (priced,) = [e for e in result.events if e["refused_amount"] is not None]
+    assert (priced["amount"], priced["refused_amount"]) == (None, text)
+    assert priced["order_id"]  # the order state refuses it as a rejected fact
+
+
+def test_more_decimals_in_a_raw_body_are_refused_not_rounded() -> None:
     # Exactly as a provider might write it: more decimals than the scale keeps.
     body = payload_bytes("partner-checkout-single.json").replace(
         b'"amount": 15.70}', b'"amount": 15.70001}'
     )
     assert b"15.70001" in body
-    record = dead(run(*raw("partner", body)[:2]), "normalize")
-    assert "amount of order 'ord_5a73'" in record["reason"]
-    assert "decimals" in record["reason"]
+    result = run(*raw("partner", body)[:2])
+    assert isinstance(result, Delivery)
+    assert [(e["amount"], e["refused_amount"]) for e in result.events[1:]] == [(None, "15.70001")]
+    assert result.events[0]["payment_status"] == "PENDING"  # the checkout's status applies
 
 
 def test_dead_letter_reason_is_bounded() -> None:
