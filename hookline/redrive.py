@@ -36,6 +36,7 @@ from hookline.operator_args import (
 )
 from hookline.progress import Progress
 from hookline.schemas import codec
+from hookline.streams.normalize import INTERNAL_RECORD_HEADER
 from hookline.tail import iso_ms
 
 STAGES = ("decode", "normalize", "dedup")
@@ -138,6 +139,11 @@ def not_redrivable(letter: dict[str, Any], environment: str) -> str | None:
         )
     if letter["stage"] == "decode":
         return "the raw record was not a hookline envelope"
+    if INTERNAL_RECORD_HEADER in envelope["headers"]:
+        return (
+            f"a {letter['stage']} stage record, not a delivery: re-run delivery "
+            f"{envelope['delivery_id']} with hookline replay"
+        )
     return None
 
 

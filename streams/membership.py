@@ -15,8 +15,11 @@ the current generation; a confirmation less than a second old (and less
 than a third of the session timeout) stands, since an eviction takes a whole
 session timeout without heartbeats and a pause that long shows on the clock.
 An evicted member hears ``UNKNOWN_MEMBER_ID`` or ``ILLEGAL_GENERATION`` and
-the batch is dropped unsent and uncommitted
-(:class:`Fenced`: the worker exits and is restarted, like any failed batch).
+the batch is dropped unsent and uncommitted (:class:`Fenced`): the stage goes
+on with the next batch, and the inputs are read again by whichever member
+owns their partitions after the rebalance. A coordinator that does not
+answer (moving during a rolling restart, loading the group) is asked again
+with backoff for up to ``GIVE_UP_AFTER_S``.
 ``REBALANCE_IN_PROGRESS`` still confirms membership: Faust does not hand a
 partition over before this member's in-flight batches are acknowledged
 (``stream_wait_empty``).
@@ -37,9 +40,14 @@ import aiokafka.errors as errors
 from aiokafka.client import AIOKafkaClient, ConnectionGroup
 from aiokafka.protocol.group import HeartbeatRequest
 
-#: Attempts when the coordinator cannot be reached, before the batch fails.
-ATTEMPTS = 5
+#: How long the check keeps asking while the coordinator cannot answer (it
+#: moves during a rolling restart of the brokers, and a new one loads the
+#: group first), before the batch fails as an infrastructure failure. Longer
+#: than any eviction: past a session timeout without heartbeats the answer
+#: is an eviction (:class:`Fenced`), not silence.
+GIVE_UP_AFTER_S = 120.0
 RETRY_BACKOFF_S = 0.2
+MAX_BACKOFF_S = 2.0
 
 
 class Fenced(Exception):
@@ -78,7 +86,12 @@ class MembershipCheck:
         if self._confirmed_at is not None and _now() - self._confirmed_at < self.max_age_s:
             return
         last_error: Exception | None = None
-        for attempt in range(ATTEMPTS):
+        deadline = _now() + GIVE_UP_AFTER_S
+        attempt = 0
+        while _now() < deadline:
+            if attempt:
+                await asyncio.sleep(min(RETRY_BACKOFF_S * 2 ** (attempt - 1), MAX_BACKOFF_S))
+            attempt += 1
             # Read together: the consumer thread may be resetting them.
             group, current, member = (
                 coordinator.group_id,
@@ -88,7 +101,6 @@ class MembershipCheck:
             node = coordinator.coordinator_id
             if node is None:
                 last_error = errors.GroupCoordinatorNotAvailableError()
-                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
                 continue
             try:
                 client = await self._started(coordinator)
@@ -99,7 +111,6 @@ class MembershipCheck:
                 )
             except errors.KafkaError as exc:  # coordinator moving or unreachable
                 last_error = exc
-                await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
                 continue
             error = errors.for_code(response.error_code)
             if error in (errors.UnknownMemberIdError, errors.IllegalGenerationError):
@@ -112,9 +123,10 @@ class MembershipCheck:
                     )
                 self._confirmed_at = _now()
                 return
-            last_error = error()
-            await asyncio.sleep(RETRY_BACKOFF_S * (attempt + 1))
-        raise errors.KafkaError(f"cannot confirm group membership: {last_error!r}")
+            last_error = error()  # NOT_COORDINATOR, COORDINATOR_LOAD_IN_PROGRESS...
+        raise errors.KafkaError(
+            f"cannot confirm group membership for {GIVE_UP_AFTER_S:.0f} s: {last_error!r}"
+        )
 
     async def _started(self, coordinator: Any) -> AIOKafkaClient:
         if self._client is None:

@@ -142,6 +142,14 @@ class WorkerMetrics:
             ["environment", "stage"],
             registry=r,
         )
+        self.abandoned_batches = Counter(
+            "hookline_worker_abandoned_batches",
+            "Batches dropped unsent and uncommitted because the worker was no longer a member "
+            "of the group's generation it read them in (evicted, e.g. after a long pause); "
+            "their inputs are read again after the rebalance.",
+            ["environment", "stage"],
+            registry=r,
+        )
         self.record_errors = Counter(
             "hookline_worker_record_errors",
             "Records a stage dead-lettered because processing them raised an error no rule "

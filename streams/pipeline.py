@@ -56,7 +56,7 @@ from hookline.streams.normalize import (
 from hookline.streams.order_state import OrderResult, apply_event, apply_update, retire
 from hookline.streams.redelivery import MAX_OUTBOX, stamped, unpublished
 from hookline.streams.routing import routes
-from hookline.streams.take import batches
+from hookline.streams.take import batches, drop_unacked
 from hookline.streams.unreadable import HeldPartitions
 
 log = logging.getLogger("hookline.worker")
@@ -87,6 +87,10 @@ FAILED_BATCH_EXIT = 70
 def fatal(stage: str, body: Callable[[StreamT], Awaitable[None]]) -> Callable[..., Any]:
     """Run a stage; if a batch fails, end the process before anything is committed.
 
+    A batch fails only for an infrastructure failure that outlasted its
+    retries (a record's own problems are dead-lettered at the record, and a
+    batch fenced out of the group is dropped by the stage itself).
+
     Faust's default supervisor would restart the agent past the abandoned
     batch (with ``Stream.take_events``, whose generator acks a batch when it
     is closed, its deliveries were committed and lost). Exiting at once (no
@@ -99,15 +103,6 @@ def fatal(stage: str, body: Callable[[StreamT], Awaitable[None]]) -> Callable[..
             await body(stream)
         except asyncio.CancelledError:
             raise
-        except Fenced as exc:
-            log.critical(
-                "stage %s: fenced out, %s; exiting without sending or committing the batch "
-                "(the partition's new owner processes it)",
-                stage,
-                exc,
-            )
-            logging.shutdown()
-            os._exit(FAILED_BATCH_EXIT)
         except BaseException:
             log.critical(
                 "stage %s: a batch failed; exiting without committing it (it will be "
@@ -353,99 +348,105 @@ class EnvironmentPipeline:
         say their deliveries were handled.
         """
         async for events in self._batches(stream):
-            self.metrics.batch_size.labels("intake").observe(len(events))
-            batch, clock = self.dedup_store.batch("intake"), StreamTime()
-            batch.consumed(events)
-            orders = OrderBatch(self.order_store.batch("intake"), batch.generation)
-            letters: list[dict[str, Any]] = []
-            duplicates: dict[str, int] = {}
-            counted: dict[tuple[str, str], int] = {}
-            held = self.held["intake"]
-            async with self.order_store.lock:
-                for event in events:
-                    if held.holds(event):
-                        continue
-                    try:
-                        result = normalize(
-                            event.key,
-                            event.value,
-                            self.env,
-                            self.sources,
-                            self.config.max_json_depth,
-                        )
-                    except codec.UnknownSchema as exc:
-                        held.hold(event, exc, "raw record")
-                        continue
-                    if isinstance(result, DeadLetter):
-                        batch.send(self.deadletter, result.key, result.value)
-                        letters.append(result.record)
-                        continue
-                    envelope = result.envelope
-                    key = result.dedup_key.encode()
-                    try:
-                        entry = batch.get(event, key)
-                        self._read_orders(orders, event, result.events)
-                    except codec.UnknownSchema as exc:
-                        held.hold(event, exc, "table record")
-                        continue
-                    clock.saw(event, envelope["received_at"])
-                    seen = classify(
-                        entry,
+            try:
+                await self._intake_batch(events)
+            except Fenced as exc:
+                self._abandon("intake", events, exc)
+
+    async def _intake_batch(self, events: list[EventT]) -> None:
+        self.metrics.batch_size.labels("intake").observe(len(events))
+        batch, clock = self.dedup_store.batch("intake"), StreamTime()
+        batch.consumed(events)
+        orders = OrderBatch(self.order_store.batch("intake"), batch.generation)
+        letters: list[dict[str, Any]] = []
+        duplicates: dict[str, int] = {}
+        counted: dict[tuple[str, str], int] = {}
+        held = self.held["intake"]
+        async with self.order_store.lock:
+            for event in events:
+                if held.holds(event):
+                    continue
+                try:
+                    result = normalize(
+                        event.key,
+                        event.value,
+                        self.env,
+                        self.sources,
+                        self.config.max_json_depth,
+                    )
+                except codec.UnknownSchema as exc:
+                    held.hold(event, exc, "raw record")
+                    continue
+                if isinstance(result, DeadLetter):
+                    batch.send(self.deadletter, result.key, result.value)
+                    letters.append(result.record)
+                    continue
+                envelope = result.envelope
+                key = result.dedup_key.encode()
+                try:
+                    entry = batch.get(event, key)
+                    self._read_orders(orders, event, result.events)
+                except codec.UnknownSchema as exc:
+                    held.hold(event, exc, "table record")
+                    continue
+                clock.saw(event, envelope["received_at"])
+                seen = classify(
+                    entry,
+                    envelope["delivery_id"],
+                    envelope["received_at"],
+                    result.content_digest,
+                    replaying=REPLAY_HEADER in envelope["headers"],
+                )
+                if seen is Seen.DUPLICATE:
+                    duplicates[envelope["source"]] = duplicates.get(envelope["source"], 0) + 1
+                    log.debug("duplicate dropped delivery_id=%s", envelope["delivery_id"])
+                    continue
+                if seen is Seen.REPLAY:
+                    self.metrics.replays.labels(self.env, "intake").inc()
+                    continue
+                if seen is Seen.CONFLICT:
+                    reason = conflict_reason(result.dedup_key, entry)
+                    letter = dead_letter(envelope, "dedup", reason, event.key or b"")
+                    batch.send(self.deadletter, letter.key, letter.value)
+                    letters.append(letter.record)
+                    self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
+                    continue
+                for reason in self._route(batch, event, result, counted, orders):
+                    letter = dead_letter(envelope, "orders", reason, event.key or b"")
+                    batch.send(self.deadletter, letter.key, letter.value)
+                    letters.append(letter.record)
+                if orders.full:
+                    # An order's outbox is full: publish the orders part so far.
+                    await self._publish_orders(orders)
+                    orders = OrderBatch(self.order_store.batch("intake"), batch.generation)
+                batch.put(
+                    event,
+                    key,
+                    new_entry(
                         envelope["delivery_id"],
                         envelope["received_at"],
+                        result.window_ms,
                         result.content_digest,
-                        replaying=REPLAY_HEADER in envelope["headers"],
-                    )
-                    if seen is Seen.DUPLICATE:
-                        duplicates[envelope["source"]] = duplicates.get(envelope["source"], 0) + 1
-                        log.debug("duplicate dropped delivery_id=%s", envelope["delivery_id"])
-                        continue
-                    if seen is Seen.REPLAY:
-                        self.metrics.replays.labels(self.env, "intake").inc()
-                        continue
-                    if seen is Seen.CONFLICT:
-                        reason = conflict_reason(result.dedup_key, entry)
-                        letter = dead_letter(envelope, "dedup", reason, event.key or b"")
-                        batch.send(self.deadletter, letter.key, letter.value)
-                        letters.append(letter.record)
-                        self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
-                        continue
-                    for reason in self._route(batch, event, result, counted, orders):
-                        letter = dead_letter(envelope, "orders", reason, event.key or b"")
-                        batch.send(self.deadletter, letter.key, letter.value)
-                        letters.append(letter.record)
-                    if orders.full:
-                        # An order's outbox is full: publish the orders part so far.
-                        await self._publish_orders(orders)
-                        orders = OrderBatch(self.order_store.batch("intake"), batch.generation)
-                    batch.put(
-                        event,
-                        key,
-                        new_entry(
-                            envelope["delivery_id"],
-                            envelope["received_at"],
-                            result.window_ms,
-                            result.content_digest,
-                        ),
-                    )
-                held.release(events)
-                self.dedup_store.sweep(batch, clock)
-                await batch.confirm()
-                await self._publish_orders(orders, batch)
-            await batch.write_state()
-            for (source, kind), count in counted.items():
-                self.metrics.events.labels(self.env, source, kind).inc(count)
-            for source, count in duplicates.items():
-                self.metrics.duplicates.labels(self.env, source).inc(count)
-            for detail in letters:
-                self.metrics.dead_letters.labels(self.env, detail["stage"]).inc()
-                log.warning(
-                    "dead letter env=%s delivery_id=%s stage=%s reason=%s",
-                    self.env,
-                    detail["delivery_id"],
-                    detail["stage"],
-                    detail["reason"],
+                    ),
                 )
+            held.release(events)
+            self.dedup_store.sweep(batch, clock)
+            await batch.confirm()
+            await self._publish_orders(orders, batch)
+        await batch.write_state()
+        for (source, kind), count in counted.items():
+            self.metrics.events.labels(self.env, source, kind).inc(count)
+        for source, count in duplicates.items():
+            self.metrics.duplicates.labels(self.env, source).inc(count)
+        for detail in letters:
+            self.metrics.dead_letters.labels(self.env, detail["stage"]).inc()
+            log.warning(
+                "dead letter env=%s delivery_id=%s stage=%s reason=%s",
+                self.env,
+                detail["delivery_id"],
+                detail["stage"],
+                detail["reason"],
+            )
 
     def _local_orders(self, event: EventT, events: list[dict[str, Any]]) -> list[bytes]:
         """The order keys of a delivery's events that live in the raw record's partition."""
@@ -509,77 +510,89 @@ class EnvironmentPipeline:
 
     # -- stage 3: transaction side of the join -------------------------------
     async def transactions(self, stream: StreamT) -> None:
-        retention = self.config.join_retention_ms
         async for events in self._batches(stream):
-            self.metrics.batch_size.labels("transactions").observe(len(events))
-            batch, clock = self.transaction_store.batch("transactions"), StreamTime()
-            batch.consumed(events)
-            held = self.held["transactions"]
-            for event in events:
-                if held.holds(event):
+            try:
+                await self._transactions_batch(events)
+            except Fenced as exc:
+                self._abandon("transactions", events, exc)
+
+    async def _transactions_batch(self, events: list[EventT]) -> None:
+        retention = self.config.join_retention_ms
+        self.metrics.batch_size.labels("transactions").observe(len(events))
+        batch, clock = self.transaction_store.batch("transactions"), StreamTime()
+        batch.consumed(events)
+        held = self.held["transactions"]
+        for event in events:
+            if held.holds(event):
+                continue
+            try:
+                canonical = self._decode(event, codec.CANONICAL_EVENT)
+                if canonical is None:
                     continue
-                try:
-                    canonical = self._decode(event, codec.CANONICAL_EVENT)
-                    if canonical is None:
-                        continue
-                    current = batch.get(event, event.key)
-                except codec.UnknownSchema as exc:
-                    held.hold(event, exc, "transaction fact or its table record")
-                    continue
-                clock.saw(event, canonical["received_at"])
-                try:
-                    result = apply_to_transaction(current, canonical, retention)
-                    updates = [
-                        (
-                            update["order_id"].encode(),
-                            codec.encode(codec.TRANSACTION_UPDATE, update),
-                        )
-                        for update in result.updates
-                    ]
-                except Exception as exc:
-                    self._internal_letter(batch, event, "transactions", canonical, exc)
-                    continue
-                if result.rejected:
-                    self._rejected("payment_status", *result.rejected, canonical["event_id"])
-                for key, value in updates:
-                    batch.send(self.order_inputs, key, value)
-                if result.changed:
-                    batch.put(event, event.key, result.record)
-            held.release(events)
-            await self.transaction_store.finish(batch, clock)
+                current = batch.get(event, event.key)
+            except codec.UnknownSchema as exc:
+                held.hold(event, exc, "transaction fact or its table record")
+                continue
+            clock.saw(event, canonical["received_at"])
+            try:
+                result = apply_to_transaction(current, canonical, retention)
+                updates = [
+                    (
+                        update["order_id"].encode(),
+                        codec.encode(codec.TRANSACTION_UPDATE, update),
+                    )
+                    for update in result.updates
+                ]
+            except Exception as exc:
+                self._internal_letter(batch, event, "transactions", canonical, exc)
+                continue
+            if result.rejected:
+                self._rejected("payment_status", *result.rejected, canonical["event_id"])
+            for key, value in updates:
+                batch.send(self.order_inputs, key, value)
+            if result.changed:
+                batch.put(event, event.key, result.record)
+        held.release(events)
+        await self.transaction_store.finish(batch, clock)
 
     # -- stage 4: order state -------------------------------------------------
     async def orders(self, stream: StreamT) -> None:
         async for events in self._batches(stream):
-            self.metrics.batch_size.labels("orders").observe(len(events))
-            orders = OrderBatch(self.order_store.batch("orders"))
-            orders.batch.consumed(events)
-            held = self.held["orders"]
-            async with self.order_store.lock:
-                for event in events:
-                    if held.holds(event):
-                        continue
-                    try:
-                        name, record = codec.decode(event.value)
-                        orders.batch.get(event, event.key)  # read first: see _read_orders
-                    except codec.UnknownSchema as exc:
-                        held.hold(event, exc, "order input or its table record")
-                        continue
-                    except codec.CodecError as exc:
-                        self._undecodable(event, exc)
-                        continue
-                    if name not in (codec.CANONICAL_EVENT, codec.TRANSACTION_UPDATE):
-                        self._undecodable(event, codec.CodecError(f"unexpected {name}"))
-                        continue
-                    reason = self._apply_safely(orders, event, event.key, name, record)
-                    if reason is not None:
-                        self._internal_letter(orders.batch, event, "orders", record, reason)
-                    if orders.full:
-                        await self._publish_orders(orders)
-                        generation = orders.batch.generation
-                        orders = OrderBatch(self.order_store.batch("orders"), generation)
-                held.release(events)
-                await self._publish_orders(orders)
+            try:
+                await self._orders_batch(events)
+            except Fenced as exc:
+                self._abandon("orders", events, exc)
+
+    async def _orders_batch(self, events: list[EventT]) -> None:
+        self.metrics.batch_size.labels("orders").observe(len(events))
+        orders = OrderBatch(self.order_store.batch("orders"))
+        orders.batch.consumed(events)
+        held = self.held["orders"]
+        async with self.order_store.lock:
+            for event in events:
+                if held.holds(event):
+                    continue
+                try:
+                    name, record = codec.decode(event.value)
+                    orders.batch.get(event, event.key)  # read first: see _read_orders
+                except codec.UnknownSchema as exc:
+                    held.hold(event, exc, "order input or its table record")
+                    continue
+                except codec.CodecError as exc:
+                    self._undecodable(event, exc)
+                    continue
+                if name not in (codec.CANONICAL_EVENT, codec.TRANSACTION_UPDATE):
+                    self._undecodable(event, codec.CodecError(f"unexpected {name}"))
+                    continue
+                reason = self._apply_safely(orders, event, event.key, name, record)
+                if reason is not None:
+                    self._internal_letter(orders.batch, event, "orders", record, reason)
+                if orders.full:
+                    await self._publish_orders(orders)
+                    generation = orders.batch.generation
+                    orders = OrderBatch(self.order_store.batch("orders"), generation)
+            held.release(events)
+            await self._publish_orders(orders)
 
     async def _publish_orders(self, orders: OrderBatch, *others: Batch) -> None:
         """Write an orders batch (state first), then send its outputs and ``others``'."""
@@ -691,6 +704,23 @@ class EnvironmentPipeline:
         except codec.CodecError as exc:
             self._undecodable(event, exc)
             return None
+
+    def _abandon(self, stage: str, events: list[EventT], fenced: Fenced) -> None:
+        """Drop a batch this worker may no longer write: unsent, unacked, uncommitted.
+
+        Its partitions were handed over (or are being): after the rebalance
+        their owner, this worker included, reads the inputs again from the
+        committed offsets. The worker goes on (streams/membership.py).
+        """
+        log.warning(
+            "stage %s: fenced out (%s); %d inputs dropped unsent and uncommitted, read again "
+            "by their partitions' owner after the rebalance",
+            stage,
+            fenced,
+            len(events),
+        )
+        self.metrics.abandoned_batches.labels(self.env, stage).inc()
+        drop_unacked(self.app.consumer, events)
 
     def _internal_letter(
         self,

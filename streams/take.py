@@ -93,6 +93,22 @@ def ack_all(consumer: Any, events: list[Any]) -> None:
                     ack(message)
 
 
+def drop_unacked(consumer: Any, events: list[Any]) -> None:
+    """Take ``events`` out of their batch, in place: never acked, no longer tracked.
+
+    The batch's list is what :func:`batches` acks when the next batch is
+    asked for, so an event taken out is never acked and no commit moves past
+    it; untracked, a rebalance does not wait for it. Its partition's next
+    owner (or this worker, after the rebalance's seek) reads it again.
+    """
+    unacked = consumer.unacked
+    for event in events:
+        message = event.message
+        message.tracked = False
+        unacked.discard(message)
+    events.clear()
+
+
 async def batches(
     stream: StreamT, max_events: int, lull_s: float = LULL_S
 ) -> AsyncIterator[list[EventT]]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from faust.types import TP, EventT
 from hookline.schemas.codec import UnknownSchema
+from hookline.streams.take import drop_unacked
 
 log = logging.getLogger("hookline.worker")
 
@@ -104,12 +105,8 @@ class HeldPartitions:
         kept = [event for event in events if not self.holds(event)]
         if len(kept) == len(events):
             return
-        unacked = self.app.consumer.unacked
-        for event in events:
-            if self.holds(event):
-                message = event.message
-                message.tracked = False
-                unacked.discard(message)
+        held = [event for event in events if self.holds(event)]
+        drop_unacked(self.app.consumer, held)
         events[:] = kept
 
     def remind(self) -> None:

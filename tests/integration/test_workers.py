@@ -15,6 +15,7 @@ import os
 import random
 import re
 import signal
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -401,7 +402,8 @@ async def test_a_worker_paused_past_its_session_writes_nothing_stale(
     late, its ``orders.state`` records would land after newer versions (the
     compacted topic would show orders going back in time) and its changelog
     records after the new owner's. It confirms its membership first, finds
-    itself evicted and exits (70) with nothing sent or committed.
+    itself evicted, drops the batch with nothing sent or committed, and goes
+    on: it rejoins the group and processes what it is then assigned.
     """
     session = float(env["HOOKLINE_SESSION_TIMEOUT"])
     survivor = processes.worker(env, log_dir)
@@ -425,18 +427,23 @@ async def test_a_worker_paused_past_its_session_writes_nothing_stale(
         await asyncio.sleep(2)
         assert paused.process is not None
         os.kill(paused.process.pid, signal.SIGCONT)
-        code = await asyncio.to_thread(paused.process.wait, 60)
-        assert code == 70, paused.tail()
+        deadline = time.monotonic() + 60
+        while "fenced out" not in paused.log() and time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
         assert "fenced out" in paused.log(), paused.tail()
+        # It does not exit: it rejoins, and shares the rest of the work.
+        await asyncio.to_thread(paused.wait_ready, 60)
+        assert paused.process.poll() is None, paused.tail()
         await produce(bootstrap, deliveries[2 * third :], RATE_PER_S)
         # Every order exact, and no version with two contents: the state topic
         # ends on each order's newest version, not on a late stale one.
         records = await final_records(bootstrap, expected)
         stats = check_exact(records, expected)
         print(f"paused past its session: {stats}")
+        assert paused.process.poll() is None, paused.tail()
     finally:
         survivor.stop()
-        paused.kill()
+        paused.stop()
 
 
 def same_partition_ids(prefix: str, like: str, partitions: int, count: int) -> list[str]:

@@ -58,7 +58,10 @@ EXAMPLES: dict[str, list[dict[str, Any]]] = {
         payload("partner-checkout-multi.json"),
         payload("partner-order-confirmation.json"),
     ],
-    "vignette-sales": [payload("vignette-sales-success.json"), payload("vignette-sales-failure.json")],
+    "vignette-sales": [
+        payload("vignette-sales-success.json"),
+        payload("vignette-sales-failure.json"),
+    ],
     "payments": [payload("payments-claims.json")],
     "envelope": [payload("envelope-refund.json"), payload("envelope-user-create.json")],
 }
@@ -244,10 +247,12 @@ class Worker:
         result = normalize(key, value, ENV, SOURCES)
         if isinstance(result, DeadLetter):
             letter = codec.decode_as(codec.DEAD_LETTER, result.value)
-            assert letter["stage"] == "normalize" and letter["reason"]
+            assert letter["stage"] == "normalize"
+            assert letter["reason"]
             return result
         for event in result.events:
-            assert codec.decode_as(codec.CANONICAL_EVENT, result.encoded[event["event_id"]]) == event
+            encoded = result.encoded[event["event_id"]]
+            assert codec.decode_as(codec.CANONICAL_EVENT, encoded) == event
         for destination, entity, event in routes(result.events):
             if destination == "events":
                 self.land(rows.WEBHOOK_EVENTS, codec.CANONICAL_EVENT, event)
@@ -295,7 +300,8 @@ def test_a_lone_surrogate_in_payments_claims_is_dead_lettered_naming_the_claims(
     claims = dict(payload("payments-claims.json"), event="\ud800")
     _, (result,) = run_story(("payments", claims))
     assert isinstance(result, DeadLetter)
-    assert "surrogate" in result.record["reason"] and "claims" in result.record["reason"]
+    assert "surrogate" in result.record["reason"]
+    assert "claims" in result.record["reason"]
 
 
 def test_a_lone_surrogate_in_the_order_reference_still_has_an_ordering_key() -> None:

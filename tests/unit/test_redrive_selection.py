@@ -17,6 +17,7 @@ from hookline.core.sources import load_sources
 from hookline.gateway.envelope import raw_envelope
 from hookline.schemas import codec
 from hookline.streams.dedup import REPLAY_HEADER
+from hookline.streams.normalize import INTERNAL_RECORD_HEADER
 
 from hookline import redrive, replay
 from hookline.operator_args import SelectionError, TimeRange, check_sources
@@ -119,6 +120,17 @@ def test_decode_letters_and_foreign_environments_are_not_redriven() -> None:
     )
     sandbox = letter(source="partner-sandbox")
     assert "for 'sandbox', not 'production'" in str(redrive.not_redrivable(sandbox, "production"))
+
+
+def test_a_letter_of_an_internal_record_points_to_replay() -> None:
+    """A fact the orders stage could not apply: its envelope carries the record, not the body."""
+    internal = letter(stage="orders")
+    internal["envelope"]["headers"] = {INTERNAL_RECORD_HEADER: "production.order-inputs[1]@7"}
+    reason = str(redrive.not_redrivable(internal, "production"))
+    assert "hookline replay" in reason
+    assert "d1" in reason
+    # The same stage's letter of a delivery intake applied itself carries the delivery.
+    assert redrive.not_redrivable(letter(stage="orders"), "production") is None
 
 
 # -- replay selection --------------------------------------------------------------------
