@@ -42,6 +42,11 @@ def orders_changes(env: str) -> str:
     return f"{env}.orders.changes"
 
 
+def orders_rejected(env: str) -> str:
+    """Facts the order state rules refused (RejectedFact), keyed by order id."""
+    return f"{env}.orders.rejected"
+
+
 def transaction_facts(env: str) -> str:
     """Transaction facts and order memberships, keyed by transaction id."""
     return f"{env}.hookline.transaction-facts"
@@ -100,6 +105,7 @@ def worker_topics(env: str, retention_days: float, max_record_bytes: int) -> lis
         ),
         TopicSpec(orders_state(env), compacted=True),
         TopicSpec(orders_changes(env), retention_ms=retention),
+        TopicSpec(orders_rejected(env), retention_ms=retention),
         TopicSpec(transaction_facts(env), retention_ms=retention),
         TopicSpec(order_inputs(env), retention_ms=retention),
         *(TopicSpec(changelog(env, t), compacted=True) for t in TABLES),

@@ -52,13 +52,20 @@ class ThrottledLog:
 
     def warning(self, message: str, *args: object, **fields: str) -> None:
         """Log ``message`` unless over the rate; ``fields`` are the record's structured fields."""
+        self._log(logging.WARNING, message, *args, **fields)
+
+    def info(self, message: str, *args: object, **fields: str) -> None:
+        """As :meth:`warning`, at INFO (the worker's rejected facts: data, not trouble)."""
+        self._log(logging.INFO, message, *args, **fields)
+
+    def _log(self, level: int, message: str, *args: object, **fields: str) -> None:
         if not self._bucket.take():
             self.suppressed += 1
             return
         if self.suppressed:
-            self._logger.warning(SUPPRESSED, self.suppressed)
+            self._logger.log(level, SUPPRESSED, self.suppressed)
             self.suppressed = 0
-        self._logger.warning(message, *args, extra=fields or None)
+        self._logger.log(level, message, *args, extra=fields or None)
 
 
 class ThrottleFilter(logging.Filter):

@@ -36,6 +36,7 @@ from faust.types import TP, EventT, StreamT, TopicT
 from hookline.core import topics
 from hookline.core.partitioner import partition_for
 from hookline.core.sources import Source
+from hookline.gateway.throttled_log import ThrottledLog
 from hookline.schemas import codec
 from hookline.streams.activation import AwaitingActivation
 from hookline.streams.batch import Batch
@@ -60,6 +61,8 @@ from hookline.streams.take import batches, drop_unacked
 from hookline.streams.unreadable import HeldPartitions
 
 log = logging.getLogger("hookline.worker")
+#: Rejected facts are data (orders.rejected); their log lines only show them, at a bounded rate.
+REJECTIONS = ThrottledLog(log)
 
 DAY_MS = 86_400_000
 
@@ -237,6 +240,7 @@ class EnvironmentPipeline:
         self.deadletter = self._topic(topics.deadletter(env), self.config.partitions)
         self.orders_state = self._topic(topics.orders_state(env), self.config.partitions)
         self.orders_changes = self._topic(topics.orders_changes(env), self.config.partitions)
+        self.orders_rejected = self._topic(topics.orders_rejected(env), self.config.partitions)
 
         self.dedup_store = self._table("dedup", codec.DEDUP_ENTRY)
         self.transaction_store = self._table("transactions", codec.TRANSACTION_RECORD)
@@ -641,8 +645,21 @@ class EnvironmentPipeline:
             arrived = max(record["cause"]["received_at"], record["claimed_received_at"])
             result = apply_update(current, record, self.env, retention)
             orders.clock.saw(event, record["cause"]["received_at"])
-        for field, before, after in result.rejected:
-            self._rejected(field, before, after, result.record["state"]["order_id"])
+        # Encoded here, with the change: nothing below may fail.
+        facts = [
+            codec.encode(codec.REJECTED_FACT, rejection.fact)
+            for rejection in result.rejected
+            if rejection.fact is not None
+        ]
+        for rejection in result.rejected:
+            self._rejected(
+                rejection.field,
+                rejection.held,
+                rejection.value,
+                result.record["state"]["order_id"],
+                rejection.fact,
+                rejection.counted,
+            )
         if result.conflict:
             self.metrics.conflicts.labels(self.env).inc()
             log.warning("env=%s %s", self.env, result.conflict)
@@ -657,6 +674,10 @@ class EnvironmentPipeline:
             batch.send(self.orders_state, key, state)
             orders.received.append(arrived)
             orders.transitions.append((event.message.partition, change["before"], change["after"]))
+        for fact in facts:
+            # Once per fact: its key is in the record written with this batch
+            # (streams/order_state.py), so a retried delivery sends nothing.
+            batch.send(self.orders_rejected, key, fact)
         if result.changed:
             batch.put(event, key, result.record)
 
@@ -781,8 +802,40 @@ class EnvironmentPipeline:
             exc,
         )
 
-    def _rejected(self, field: str, before: str | None, after: str, subject: str) -> None:
-        self.metrics.rejected.labels(self.env, field, before or "none", after).inc()
-        log.debug(
-            "rejected transition env=%s %s %s -> %s (%s)", self.env, field, before, after, subject
+    def _rejected(
+        self,
+        field: str,
+        before: str | None,
+        after: str,
+        subject: str,
+        fact: dict[str, Any] | None = None,
+        counted: bool = True,
+    ) -> None:
+        """Count a refused transition; log a RejectedFact at INFO, rate-limited.
+
+        ``fact`` is the record ``_apply_order`` publishes on ``orders.rejected``
+        (docs/consumers.md, "Rejected facts"); without one (a transaction's own
+        refusal, which its orders publish, or a bound reached) a DEBUG line.
+        ``counted`` is False for a refusal another stage already counted.
+        """
+        if counted:
+            self.metrics.rejected.labels(self.env, field, before or "none", after).inc()
+        if fact is None:
+            log.debug(
+                "rejected transition env=%s %s %s -> %s (%s)",
+                self.env,
+                field,
+                before,
+                after,
+                subject,
+            )
+            return
+        REJECTIONS.info(
+            "rejected fact env=%s order_id=%s rule=%s %s=%s delivery_id=%s",
+            self.env,
+            subject,
+            fact["rule"],
+            field,
+            after,
+            fact["cause"]["delivery_id"],
         )
