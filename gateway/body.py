@@ -52,7 +52,8 @@ def declared_length(content_length: str | None) -> int | None:
     """Content-Length as a number (None when absent); :class:`BadBody` when not one."""
     if content_length is None:
         return None
-    if not content_length.isdigit():  # int() would also take "+1", " 1", "1_0"
+    # int() would also take "+1", " 1", "1_0" and "²" (str.isdigit() is true for it)
+    if not (content_length.isascii() and content_length.isdigit()):
         raise BadBody("invalid Content-Length")
     return int(content_length)
 

@@ -234,7 +234,7 @@ def _standard_headers(incoming: Incoming) -> dict[str, str]:
 def _standard_webhooks_precheck(incoming: Incoming) -> None:
     """Headers present and the timestamp fresh: refusable before the body arrives."""
     timestamp = _standard_headers(incoming)["webhook-timestamp"]
-    if not timestamp.isdigit() or len(timestamp) > 12:
+    if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise VerificationFailed("bad_timestamp")
     if abs(time.time() - int(timestamp)) > STANDARD_WEBHOOKS_TOLERANCE_S:
         raise VerificationFailed("bad_timestamp")

@@ -41,6 +41,10 @@ class TransactionResult:
     updates: list[dict[str, Any]] = field(default_factory=list)
     rejected: tuple[str | None, str] | None = None
     changed: bool = False
+    #: Orders this event named that the transaction could not take: it already
+    #: has ``MAX_MEMBERS``. The stage dead-letters the fact (docs/design.md,
+    #: "No delivery stops the pipeline").
+    unjoined: list[str] = field(default_factory=list)
 
 
 def new_transaction(transaction_id: str) -> dict[str, Any]:
@@ -105,7 +109,7 @@ def apply_to_transaction(
             work["status_received_at"], work["status_event_id"] = stamp
 
     named = event["order_ids"] if event["entity_type"] == "transaction" else [event["order_id"]]
-    restamped = _join(work, [order_id for order_id in named if order_id], stamp)
+    restamped = _join(work, [order_id for order_id in named if order_id], stamp, result.unjoined)
 
     if status_changed:
         targets = work["members"]
@@ -119,14 +123,20 @@ def apply_to_transaction(
     return result
 
 
-def _join(work: dict[str, Any], order_ids: list[str], stamp: tuple[int, str]) -> list[dict]:
-    """Add members (or move their claim to an earlier stamp); return those that changed."""
+def _join(
+    work: dict[str, Any], order_ids: list[str], stamp: tuple[int, str], unjoined: list[str]
+) -> list[dict]:
+    """Add members (or move their claim to an earlier stamp); return those that changed.
+
+    Past ``MAX_MEMBERS`` an order is not added: it goes to ``unjoined``.
+    """
     by_id = {member["order_id"]: member for member in work["members"]}
     changed = []
     for order_id in order_ids:
         member = by_id.get(order_id)
         if member is None:
             if len(work["members"]) >= MAX_MEMBERS:
+                unjoined.append(order_id)
                 continue
             member = {
                 "order_id": order_id,

@@ -43,7 +43,7 @@ from hookline.streams.batch import Batch
 from hookline.streams.dedup import REPLAY_HEADER, Seen, classify, conflict_reason, new_entry
 from hookline.streams.expiry import Expiry, StreamTime
 from hookline.streams.fencing import FencedTable
-from hookline.streams.join import apply_to_transaction
+from hookline.streams.join import MAX_MEMBERS, apply_to_transaction
 from hookline.streams.membership import Fenced
 from hookline.streams.metrics import WorkerMetrics, observe_all
 from hookline.streams.normalize import (
@@ -552,6 +552,12 @@ class EnvironmentPipeline:
                 continue
             if result.rejected:
                 self._rejected("payment_status", *result.rejected, canonical["event_id"])
+            if result.unjoined:
+                reason = (
+                    f"transaction {canonical['transaction_id']} already has {MAX_MEMBERS} orders: "
+                    f"{len(result.unjoined)} not joined ({', '.join(result.unjoined[:5])}...)"
+                )
+                self._internal_letter(batch, event, "transactions", canonical, reason)
             for key, value in updates:
                 batch.send(self.order_inputs, key, value)
             if result.changed:

@@ -59,7 +59,9 @@ async def test_one_byte_over_the_limit() -> None:
     assert await read_body(RecordingReceive([b"x" * 10]), limit=10) == b"x" * 10
 
 
-@pytest.mark.parametrize("value", ["abc", "", "1.5", "0x10", "12 bytes", "1e3", "+1", " 1", "1_0"])
+@pytest.mark.parametrize(
+    "value", ["abc", "", "1.5", "0x10", "12 bytes", "1e3", "+1", " 1", "1_0", "²", "١"]
+)
 def test_invalid_content_length_is_bad_body(value: str) -> None:
     with pytest.raises(BadBody):
         declared_length(value)

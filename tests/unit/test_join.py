@@ -133,6 +133,10 @@ def test_members_are_bounded() -> None:
     result = apply(record, order_status("one-too-many", None, T0 + 1, "tr_1")[0])
     assert len(result.record["members"]) == MAX_MEMBERS
     assert result.updates == []
+    # Not silent: the stage dead-letters the order it could not join.
+    assert result.unjoined == ["one-too-many"]
+    known = apply(record, order_status("o7", None, T0 + 1, "tr_1")[0])
+    assert known.unjoined == []
 
 
 def test_input_record_is_not_mutated() -> None:
