@@ -330,10 +330,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     br.set_defaults(func=cmd_broker)
 
-    from hookline import redrive, replay, schema_commands, tail
+    from hookline import order_story, redrive, replay, schema_commands, tail
     from hookline.warehouse import command as sink_command
 
     tail.add_parser(sub, ENV_HELP)
+    order_story.add_parser(sub, ENV_HELP)
     redrive.add_parser(sub, ENV_HELP)
     replay.add_parser(sub, ENV_HELP)
     schema_commands.add_parser(sub)

@@ -36,7 +36,11 @@ class TopicReader:
         also_required: Iterable[str] = (),
         client_id: str = "hookline-operator",
         connect_timeout_s: float = 15.0,
+        isolation_level: str = "read_uncommitted",
     ) -> None:
+        """``isolation_level="read_committed"``: only what committed transactions wrote
+        (with Kafka transactions, PRODUCT.md section 5; the same as uncommitted on Tansu)."""
+        self.isolation_level = isolation_level
         self.bootstrap = bootstrap
         self.topic = topic
         self.also_required = tuple(also_required)
@@ -57,6 +61,7 @@ class TopicReader:
             auto_offset_reset="earliest",
             request_timeout_ms=int(self.connect_timeout_s * 1000),
             client_id=self.client_id,
+            isolation_level=self.isolation_level,
         )
         try:
             await asyncio.wait_for(consumer.start(), self.connect_timeout_s)
@@ -95,6 +100,10 @@ class TopicReader:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+    async def positions(self) -> dict[int, int]:
+        """The next offset this reader would read, per partition: how far it has scanned."""
+        return {tp.partition: await self._consumer.position(tp) for tp in self._tps}
 
     def partitions_of(self, topic: str) -> list[int]:
         """The partition ids of this reader's topic or of one it required (e.g. raw)."""
