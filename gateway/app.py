@@ -6,6 +6,12 @@ CPU a bare FastAPI endpoint costs and that route needs none of it; FastAPI
 still documents it (the OpenAPI schema is unchanged) and serves everything
 else: ``/healthz``, ``/readyz``, ``/metrics``, the docs, and the 404s and
 405s of every other path.
+
+Those other routes take no body. So that a body sent to them costs nothing,
+it is never read: such a request is answered from its head, and the
+connection is closed after any answer to a request that carries a body and
+after every 404 and 405 (uvicorn would otherwise read, and drop, a body of
+any size to reach the next request on the connection).
 """
 
 from __future__ import annotations
@@ -22,12 +28,62 @@ from hookline.core.sources import Source, load_sources
 from hookline.gateway.metrics import GatewayMetrics
 from hookline.gateway.publish import Publisher
 from hookline.gateway.webhooks import WebhookEndpoint, answer, body_limit
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from starlette.types import Receive, Scope, Send
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 __all__ = ["GatewayAPI", "body_limit", "create_app"]
 
 WEBHOOK_PREFIX = "/webhooks/"
+_CLOSE = (b"connection", b"close")
+_NO_BODY: dict[str, Any] = {"type": "http.request", "body": b"", "more_body": False}
+
+
+def _has_body(scope: Scope) -> bool:
+    for name, value in scope["headers"]:
+        if name == b"transfer-encoding" or (name == b"content-length" and value != b"0"):
+            return True
+    return False
+
+
+async def _closing(scope: Scope, receive: Receive, send: Send, app: ASGIApp) -> None:
+    """``app`` with the request's body unread and, when needed, the connection closed after."""
+    close_always = _has_body(scope)
+
+    async def no_body() -> Message:
+        return dict(_NO_BODY)
+
+    async def send_closing(message: Message) -> None:
+        if message["type"] == "http.response.start" and (
+            close_always or message["status"] in (404, 405)
+        ):
+            message = {**message, "headers": [*message.get("headers", []), _CLOSE]}
+        await send(message)
+
+    await app(scope, no_body, send_closing)
+
+
+def _delegated_to_webhooks(scope: Scope) -> bool:
+    """Under a root path FastAPI routes deliveries (see :class:`_Delegated`): left untouched."""
+    return (
+        bool(scope.get("root_path"))
+        and scope["method"] == "POST"
+        and WEBHOOK_PREFIX in scope["path"]
+    )
+
+
+def metrics_app(registry: CollectorRegistry) -> ASGIApp:
+    """The metrics listener: ``GET /metrics`` (Prometheus text); anything else 404, closed."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/metrics" and scope["method"] in ("GET", "HEAD"):
+            response: Response = Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        else:
+            response = JSONResponse({"detail": "Not Found"}, status_code=404)
+        await _closing(scope, receive, send, response)
+
+    return app
 
 
 class GatewayAPI(FastAPI):
@@ -40,16 +96,27 @@ class GatewayAPI(FastAPI):
     """
 
     webhooks: WebhookEndpoint
+    #: False when /metrics is served on a listener of its own: here it is then a 404.
+    public_metrics: bool = True
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
-            path: str = scope["path"]
-            if path.startswith(WEBHOOK_PREFIX):
-                name = path[len(WEBHOOK_PREFIX) :]
-                if name and "/" not in name:
-                    await self.webhooks(scope, receive, send, name)
-                    return
-        await super().__call__(scope, receive, send)
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        path: str = scope["path"]
+        post = scope["method"] == "POST" and not scope.get("root_path")
+        if post and path.startswith(WEBHOOK_PREFIX):
+            name = path[len(WEBHOOK_PREFIX) :]
+            if name and "/" not in name:
+                await self.webhooks(scope, receive, send, name)
+                return
+        if path == "/metrics" and not self.public_metrics:
+            await _closing(scope, receive, send, JSONResponse({"detail": "Not Found"}, 404))
+            return
+        if _delegated_to_webhooks(scope):
+            await super().__call__(scope, receive, send)
+            return
+        await _closing(scope, receive, send, super().__call__)
 
 
 class _Delegated(Response):

@@ -110,7 +110,14 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     if not settings.bootstrap_servers:
         _missing_bootstrap()
     _check_sources(settings, with_secrets=True)
-    serve(create_app(settings), args.host, args.port, args.forwarded_allow_ips)
+    serve(
+        create_app(settings),
+        args.host,
+        args.port,
+        args.forwarded_allow_ips,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+    )
     return 0
 
 
@@ -284,6 +291,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="trust X-Forwarded-For from these proxy addresses (for allow_ips behind a proxy)",
     )
+    gw.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="serve /metrics on this port instead of the public one (default: "
+        "HOOKLINE_GATEWAY_METRICS_PORT; unset: on the public port)",
+    )
+    gw.add_argument("--metrics-host", default="127.0.0.1", help="bind address for --metrics-port")
     gw.set_defaults(func=cmd_gateway)
 
     wk = sub.add_parser(
