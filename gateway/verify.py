@@ -13,6 +13,8 @@ header or a stale Standard Webhooks timestamp too. Only what needs the body
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 import logging
@@ -34,6 +36,8 @@ log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=InsecureKeyLengthWarning)
 
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+#: A compact JWT: three unpadded base64url segments (for HS256 the last is a 32-byte MAC).
+_COMPACT_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.([A-Za-z0-9_-]*)")
 _MAX_TOKEN_CHARS = 8192
 JWT_ALGORITHM = "HS256"
 #: Clock skew allowed on a JWT's nbf, iat and exp.
@@ -120,6 +124,27 @@ def repeated_input(repeated_query: Container[str], repeated_headers: Container[s
     return None
 
 
+def canonical_base64(text: str, urlsafe: bool = False) -> bytes | None:
+    """``text`` decoded if it is the one canonical base64 spelling of its bytes, else None.
+
+    Lenient decoders skip characters outside the alphabet, accept extra
+    padding and ignore trailing bits: many spellings then decode to the same
+    signature. A signature is accepted in one spelling only.
+    """
+    try:
+        if urlsafe:
+            if not re.fullmatch(r"[A-Za-z0-9_-]*", text):
+                return None
+            decoded = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            again = base64.urlsafe_b64encode(decoded).rstrip(b"=")
+        else:
+            decoded = base64.b64decode(text, validate=True)
+            again = base64.b64encode(decoded)
+    except (binascii.Error, ValueError):
+        return None
+    return decoded if again == text.encode("ascii") else None
+
+
 def _any_equal(expected: list[bytes], received: bytes) -> bool:
     # No short-circuit: the time taken does not tell which secret matched.
     matched = False
@@ -183,7 +208,8 @@ def _jwt_hs256(secrets: tuple[bytes, ...], retry_horizon_s: float) -> Check:
         token = incoming.document.get("token") if isinstance(incoming.document, dict) else None
         if not isinstance(token, str) or not token or len(token) > _MAX_TOKEN_CHARS:
             raise VerificationFailed("missing_jwt")
-        if not token.isascii():  # a compact JWT is base64url and dots
+        shape = _COMPACT_JWT.fullmatch(token) if token.isascii() else None
+        if shape is None:
             raise VerificationFailed("malformed_jwt")
         try:
             header = jwt.get_unverified_header(token)
@@ -192,6 +218,9 @@ def _jwt_hs256(secrets: tuple[bytes, ...], retry_horizon_s: float) -> Check:
         # Pinned before any key is used: 'none', HS512, RS256... never reach decode.
         if header.get("alg") != JWT_ALGORITHM:
             raise VerificationFailed("jwt_algorithm")
+        # One spelling of the MAC only ("=" appended or stray bits: refused).
+        if len(canonical_base64(shape.group(1), urlsafe=True) or b"") != 32:
+            raise VerificationFailed("malformed_jwt")
         for secret in secrets:
             try:
                 claims = jwt.decode(
@@ -225,14 +254,19 @@ _STANDARD_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 
 def _standard_headers(incoming: Incoming) -> dict[str, str]:
+    """The three headers, each signature ``version,base64`` with v1's in canonical base64."""
     headers = {name: incoming.headers.get(name, "") for name in _STANDARD_HEADERS}
     if not all(headers.values()):
         raise VerificationFailed("missing_signature")
+    for entry in headers["webhook-signature"].split(" "):
+        version, comma, signature = entry.partition(",")
+        if not comma or (version == "v1" and canonical_base64(signature) is None):
+            raise VerificationFailed("malformed_signature")
     return headers
 
 
 def _standard_webhooks_precheck(incoming: Incoming) -> None:
-    """Headers present and the timestamp fresh: refusable before the body arrives."""
+    """Headers present, signatures canonical, the timestamp fresh: refusable before the body."""
     timestamp = _standard_headers(incoming)["webhook-timestamp"]
     if not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
         raise VerificationFailed("bad_timestamp")

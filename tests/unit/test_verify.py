@@ -560,3 +560,49 @@ def test_every_method_has_a_challenge_without_secrets(method: str, secrets: tupl
     assert 'realm="hookline"' in challenge
     assert not [s for s in ALL_SECRETS if s in challenge]
     assert payments_verifier(JWT_KEY).challenge.startswith("JWT ")
+
+
+# -- strict base64: one spelling of a signature ------------------------------------------------
+
+
+@pytest.mark.parametrize("mangle", ["append-padding", "spare-bit"])
+def test_a_jwt_signature_in_another_base64_spelling_is_malformed(mangle: str) -> None:
+    verifier = payments_verifier(JWT_KEY)
+    token = jwt.encode(CLAIMS, JWT_KEY, algorithm="HS256")
+    verifier(jwt_request(token))  # the canonical spelling passes
+    head, claims, signature = token.split(".")
+    if mangle == "append-padding":
+        mangled = signature + "="
+    else:
+        # 43 characters carry the 256 bits and 2 spare ones: set a spare bit.
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+        mangled = signature[:-1] + alphabet[alphabet.index(signature[-1]) | 1]
+    # PyJWT's lenient decoder reads it as the authentic MAC...
+    assert jwt.utils.base64url_decode(mangled) == jwt.utils.base64url_decode(signature)
+    # ...the gateway refuses it.
+    assert refused(verifier, jwt_request(f"{head}.{claims}.{mangled}")) == "malformed_jwt"
+
+
+@pytest.mark.parametrize("mangle", ["insert-bang", "append-padding", "spare-bit"])
+def test_a_standard_webhooks_signature_in_another_base64_spelling_is_malformed(
+    mangle: str,
+) -> None:
+    verifier = make("standard-webhooks", WHSEC)
+    headers = std_headers(BODY)
+    version, signature = headers["webhook-signature"].split(",")
+    assert len(signature) == 44
+    if mangle == "insert-bang":
+        mangled = signature[:10] + "!" + signature[10:]
+    elif mangle == "append-padding":
+        mangled = signature + "=="
+    else:
+        alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+        mangled = signature[:-2] + alphabet[alphabet.index(signature[-2]) | 1] + "="
+    # Python's lenient decoder reads every one of these as the authentic signature...
+    assert base64.b64decode(mangled) == base64.b64decode(signature)
+    headers["webhook-signature"] = f"{version},{mangled}"
+    request = incoming(BODY, headers)
+    # ...the gateway refuses them, before the body (precheck) and after.
+    with pytest.raises(VerificationFailed, match="malformed_signature"):
+        verifier.precheck(request)
+    assert refused(verifier, request) == "malformed_signature"
