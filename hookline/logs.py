@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from datetime import UTC, datetime
 from types import TracebackType
@@ -21,9 +20,9 @@ from typing import Any
 FORMAT_ENV = "HOOKLINE_LOG_FORMAT"
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-#: Identifiers copied into their own JSON keys, from ``extra=`` or ``key=value`` in the message.
+#: Identifiers given their own JSON keys, from the log call's ``extra=`` only: a message's
+#: text can hold input (a source name from a URL), so fields are never parsed out of it.
 CONTEXT_KEYS = ("delivery_id", "order_id", "transaction_id", "source")
-_CONTEXT = re.compile(r"\b(" + "|".join(CONTEXT_KEYS) + r")=([^\s,;]+)")
 
 
 class LogFormatError(ValueError):
@@ -49,7 +48,10 @@ def _iso(epoch_s: float) -> str:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per record; a traceback is one string in ``exception``."""
+    """One JSON object per record; a traceback is one string in ``exception``.
+
+    Fields come from the record's structured attributes, never from its message text.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -59,8 +61,6 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": message,
         }
-        for key, value in _CONTEXT.findall(message):
-            line.setdefault(key, value)
         for key in CONTEXT_KEYS:
             value = getattr(record, key, None)
             if value is not None:
