@@ -10,6 +10,12 @@ record waited ``commit_interval_s``; one table commit per table and batch.
 While the warehouse is unreachable nothing is committed anywhere: the batch
 waits in memory, consumption is paused (the sink stays in its group) and the
 commit is retried with a growing delay.
+
+A partition whose log ends below the offset its table holds is not the log
+the table was landed from (the topic was recreated, or the warehouse belongs
+to another cluster, e.g. an embedded broker that started empty again): the
+sink stops with :class:`TopicRestarted` instead of reading on from wherever
+the consumer resets to, which would skip records without a trace.
 """
 
 from __future__ import annotations
@@ -41,6 +47,10 @@ DEFAULT_GROUP = "hookline-sink"
 
 class SinkError(RuntimeError):
     """A record the sink cannot land; it stops in front of it rather than skip it."""
+
+
+class TopicRestarted(SinkError):
+    """A partition ends below the offset the warehouse holds for it: not the same log."""
 
 
 @dataclass(frozen=True)
@@ -183,6 +193,26 @@ class Sink:
             self._buffered += 1
         self._next[tp] = expected
         metrics.BUFFERED.set(self._buffered)
+
+    def _check_same_log(self, tp: TopicPartition) -> None:
+        """Raise :class:`TopicRestarted` when the fetched log ends below the table's offset.
+
+        The high watermark comes with every fetch (the embedded broker's
+        ListOffsets answer can be low; its fetch's is right). On the log the
+        table was landed from it is never below an offset the table holds.
+        """
+        assert self.consumer is not None
+        stored, high = self._base.get(tp), self.consumer.highwater(tp)
+        if stored is None or high is None or high >= stored:
+            return
+        raise TopicRestarted(
+            f"{tp.topic} partition {tp.partition} ends at offset {high}, below offset "
+            f"{stored} which the warehouse's table {self.writers[tp.topic].identifier} "
+            "already holds: the topic was recreated or this warehouse was landed from "
+            "another Kafka cluster (an embedded broker starts empty). The sink stops rather "
+            "than skip records; land this cluster into a new warehouse (--warehouse DIR or "
+            "--catalog NAME)"
+        )
 
     def _row(
         self, writer: TableWriter, tp: TopicPartition, message: ConsumerRecord
@@ -378,6 +408,8 @@ class Sink:
                 else:
                     self._fail_later()
         data = await self.consumer.getmany(timeout_ms=200, max_records=self.config.batch_rows)
+        for tp in self.consumer.assignment():
+            self._check_same_log(tp)  # before landing anything of this fetch
         try:
             for tp, messages in data.items():
                 self.take(tp, messages)
