@@ -26,6 +26,15 @@ class RunningHookline:
     stdout_path: Path
     stderr_path: Path
     process: subprocess.Popen[bytes]
+    bootstrap_servers: str = ""
+    sink_url: str = ""
+
+    def warehouse(self) -> Path:
+        """The warehouse folder the supervisor printed on its ``warehouse`` line."""
+        for line in self.lines():
+            if line.startswith("  warehouse "):
+                return Path(line.split()[1])
+        raise AssertionError("hookline run printed no warehouse line")
 
     def lines(self) -> list[str]:
         """Every non-empty line the supervisor wrote, stdout then stderr."""
@@ -70,13 +79,14 @@ def hookline_run(tmp_path: Path, **env_overrides: str) -> Iterator[RunningHookli
     """Start ``hookline run`` with its embedded broker; stop it (SIGTERM) afterwards."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "HOOKLINE_"))}
     env.update(HOOKLINE_DATA_DIR=str(tmp_path / "data"), PYTHONUNBUFFERED="1", **env_overrides)
-    gateway_port, worker_port = free_port(), free_port()
+    gateway_port, worker_port, sink_port, broker_port = (free_port() for _ in range(4))
     stdout_path, stderr_path = tmp_path / "run.stdout", tmp_path / "run.stderr"
     with open(stdout_path, "wb") as out, open(stderr_path, "wb") as err:
         process = subprocess.Popen(
             [
                 *(sys.executable, "-m", "hookline", "run", "--port", str(gateway_port)),
-                *("--worker-web-port", str(worker_port), "--broker-port", str(free_port())),
+                *("--worker-web-port", str(worker_port), "--broker-port", str(broker_port)),
+                *("--sink-web-port", str(sink_port)),
             ],
             env=env,
             stdin=subprocess.DEVNULL,
@@ -90,6 +100,8 @@ def hookline_run(tmp_path: Path, **env_overrides: str) -> Iterator[RunningHookli
         stdout_path,
         stderr_path,
         process,
+        f"127.0.0.1:{broker_port}",
+        f"http://127.0.0.1:{sink_port}",
     )
     try:
         _wait_ready(process, f"{running.gateway_url}/readyz", 60, stderr_path)
