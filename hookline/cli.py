@@ -345,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     br.set_defaults(func=cmd_broker)
 
-    from hookline import order_story, redrive, replay, schema_commands, tail
+    from hookline import order_story, redrive, replay, schema_commands, send, tail
     from hookline.warehouse import command as sink_command
 
     tail.add_parser(sub, ENV_HELP)
@@ -354,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_parser(sub, ENV_HELP)
     schema_commands.add_parser(sub)
     sink_command.add_parser(sub, ENV_HELP)
+    send.add_parser(sub, ENV_HELP)
     return parser
 
 
