@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from faust.types import TableT
+from hookline.schemas.codec import CodecError
 from hookline.streams.expiry import active_partitions, local_items
 
 DONE = frozenset({"ACTIVE", "REFUNDED"})
@@ -45,6 +46,10 @@ class AwaitingActivation:
         active = active_partitions(self.table)
         counts = dict.fromkeys(active, 0)
         for partition, _key, raw in local_items(self.table, active):
-            if awaiting(self.decode(raw)["state"]):
+            try:
+                state = self.decode(raw)["state"]
+            except CodecError:  # a newer release's record (after a rollback): not counted
+                continue
+            if awaiting(state):
                 counts[partition] += 1
         self.counts = counts

@@ -34,6 +34,7 @@ from typing import Any
 
 import rocksdict
 from faust.types import EventT, TableT
+from hookline.schemas.codec import CodecError
 from hookline.streams.batch import Batch
 
 #: Deletes per partition per batch: sweeping must not stall processing.
@@ -172,9 +173,21 @@ class Expiry:
         #: with ``expires_at`` 0 never expires again.
         self.on_expired = on_expired
         self.index = ExpiryIndex()
-        self.scan = StoreScan(lambda raw: decode(raw)["expires_at"])
+        self.scan = StoreScan(self._expires_at)
         self.deleted = 0
         table.on_recover(self.rebuild)
+
+    def _expires_at(self, raw: bytes) -> int:
+        """When a stored value expires; 0 (never, by this release) when it cannot be read.
+
+        A value this release cannot decode (a newer release's schema, after a
+        rollback) is left alone: neither expired nor a reason to stop
+        (docs/design.md, "No delivery stops the pipeline").
+        """
+        try:
+            return int(self.decode(raw)["expires_at"])
+        except CodecError:
+            return 0
 
     def _on_disk(self) -> bool:
         """RocksDB (one database per partition) rather than the memory store."""
@@ -199,7 +212,10 @@ class Expiry:
         deleted = 0
         for partition, (event, now) in stream_time.latest.items():
             for key in self._due(partition, now, stream_time.events.get(partition, 1)):
-                value = batch.get(event, key)  # this batch may have rewritten it
+                try:
+                    value = batch.get(event, key)  # this batch may have rewritten it
+                except CodecError:
+                    continue  # unreadable by this release: not expired by it either
                 if value is None:
                     continue
                 if 0 < value["expires_at"] <= now:
@@ -222,7 +238,7 @@ class Expiry:
         if self._on_disk():
             return  # the scan finds whatever the recovery wrote
         for partition, key, raw in local_items(self.table, active):
-            expires_at = self.decode(raw)["expires_at"]
+            expires_at = self._expires_at(raw)
             if expires_at > 0:
                 self.index.note(partition, key, expires_at)
 

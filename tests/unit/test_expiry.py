@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import rocksdict
 from faust.stores.rocksdb import RocksDBOptions, Store
+from hookline.schemas.codec import UnknownSchema
 from hookline.streams.expiry import (
     SCAN_PER_EVENT,
     Expiry,
@@ -376,3 +377,40 @@ async def test_a_memory_recovery_indexes_the_owned_partitions() -> None:
     await expiry.rebuild()
     assert len(expiry.index) == 1  # a; b never expires; partition 1 is not owned
     assert expiry.index.due(0, now=50) == [b"a"]
+
+
+def newer_release_decode(raw: bytes) -> dict[str, Any]:
+    """A decode where ``b"newer"`` is a value of a schema this release does not know."""
+    if raw == b"newer":
+        raise UnknownSchema(b"\x01" * 8)
+    return {"expires_at": int(raw)}
+
+
+async def test_a_recovery_leaves_values_of_an_unknown_schema_alone() -> None:
+    """After a rollback the store holds a newer release's values: never expired, no crash."""
+    store = MemoryStore(
+        data={b"a": b"10", b"n": b"newer"},
+        _key_partition={b"a": 0, b"n": 0},
+    )
+    table = FakeTable(data=store, app=FakeApp({0}))
+    expiry = Expiry(table, decode=newer_release_decode)  # type: ignore[arg-type]
+    await expiry.rebuild()
+    assert expiry.index.due(0, now=50) == [b"a"]
+
+
+def test_a_sweep_skips_a_value_of_an_unknown_schema() -> None:
+    class UnreadableBatch(FakeBatch):
+        def get(self, event: Any, key: bytes) -> Any:
+            if key == b"n":
+                raise UnknownSchema(b"\x01" * 8)
+            return super().get(event, key)
+
+    expiry = Expiry(FakeTable(), decode=newer_release_decode)  # type: ignore[arg-type]
+    ev = event(0)
+    expiry.noted(ev, b"n", {"expires_at": 5})
+    expiry.noted(ev, b"old", {"expires_at": 5})
+    batch = UnreadableBatch({b"old": {"expires_at": 5}})
+    clock = StreamTime()
+    clock.saw(ev, 10)
+    assert expiry.sweep(batch, clock) == 1  # type: ignore[arg-type]
+    assert batch.deleted == [(0, b"old")]
