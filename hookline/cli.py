@@ -128,7 +128,8 @@ def _missing_bootstrap() -> None:
     )
 
 
-async def _ensure_worker_topics(settings: Settings) -> None:
+async def _ensure_worker_topics(settings: Settings, check_raw_partitions: bool = True) -> None:
+    """Create hookline's topics when missing; the worker also needs raw's partition count."""
     from aiokafka.errors import KafkaError
 
     from hookline.core import topics
@@ -162,8 +163,8 @@ async def _ensure_worker_topics(settings: Settings) -> None:
             await asyncio.sleep(1.0)
     # Deduplication runs on raw and keeps its table in raw's partitions: the
     # gateway puts every retry of a delivery in one raw partition, so the
-    # table must have exactly as many.
-    for name, count in sorted(counts.items()):
+    # table must have exactly as many. (The sink reads any partition count.)
+    for name, count in sorted(counts.items()) if check_raw_partitions else ():
         if count != settings.partitions:
             raise SystemExit(
                 f"hookline: topic {name} has {count} partitions but HOOKLINE_PARTITIONS is "
@@ -355,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     schema_commands.add_parser(sub)
     sink_command.add_parser(sub, ENV_HELP)
     send.add_parser(sub, ENV_HELP)
+    sink_command.add_query_parser(sub, ENV_HELP)
     return parser
 
 

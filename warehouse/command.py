@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import hashlib
 import importlib.util
 import logging
 import os
@@ -102,7 +104,10 @@ def add_parser(sub: Any, epilog: str) -> None:
         help="commit when the oldest buffered record waited this long (default 60)",
     )
     parser.add_argument(
-        "--group", default="hookline-sink", help="Kafka consumer group (default hookline-sink)"
+        "--group",
+        default=None,
+        help="Kafka consumer group (default: hookline-sink-<hash of the warehouse>, so sinks "
+        "into one warehouse share partitions and sinks into another never take them)",
     )
     parser.add_argument(
         "--web-port", type=int, default=6067, help="port for /metrics (default 6067; 0: none)"
@@ -126,7 +131,13 @@ def add_parser(sub: Any, epilog: str) -> None:
         default=8,
         help="compact a day partition holding at least this many files (default 8)",
     )
-    parser.set_defaults(func=cmd_sink)
+    parser.set_defaults(func=cmd_sink, parser=parser)
+
+
+def default_group(config: Any) -> str:
+    """One consumer group per warehouse: a sink never takes partitions from another's."""
+    where = f"catalog:{config.catalog_name}" if config.catalog_name else f"dir:{config.directory}"
+    return f"hookline-sink-{hashlib.sha256(where.encode()).hexdigest()[:12]}"
 
 
 def _fail(message: str) -> SystemExit:
@@ -149,27 +160,25 @@ def cmd_sink(args: argparse.Namespace) -> int:
         )
     except SettingsError as exc:
         raise _fail(str(exc)) from None
-    if batch_rows < 1 or interval <= 0:
-        raise _fail("--batch-rows and --commit-interval must be positive")
+    if batch_rows < 1 or interval <= 0:  # a usage error: exit 2, as argparse's own
+        args.parser.error("--batch-rows and --commit-interval must be positive")
     if args.expire_after_hours <= 0 or args.compact_min_files < 2:
-        raise _fail("--expire-after-hours must be > 0 and --compact-min-files >= 2")
+        args.parser.error("--expire-after-hours must be > 0 and --compact-min-files >= 2")
     catalog_name = args.catalog or os.environ.get("HOOKLINE_SINK_CATALOG") or None
     config = tables.WarehouseConfig(
-        directory=None if catalog_name else Path(args.warehouse or default_warehouse()),
+        directory=None if catalog_name else Path(args.warehouse or default_warehouse()).resolve(),
         catalog_name=catalog_name,
     )
     environments = tuple(args.environment or ENVIRONMENTS)
     try:
         catalog = tables.open_catalog(config)
         if args.maintain:
-            reports = maintenance.maintain(
+            maintenance.maintain(  # logs one line per table
                 catalog,
                 environments,
                 timedelta(hours=args.expire_after_hours),
                 args.compact_min_files,
             )
-            for report in reports:
-                print(report.line(), flush=True)
             return 0
         for environment in environments:
             for table in TABLES:
@@ -181,7 +190,8 @@ def cmd_sink(args: argparse.Namespace) -> int:
             "KAFKA_BOOTSTRAP_SERVERS is not set; start a broker with `hookline broker` "
             "or use `hookline run`, which starts one (and a sink) for you"
         )
-    log.info("warehouse: %s", config.describe())
+    group = args.group or default_group(config)
+    log.info("warehouse: %s; consumer group %s", config.describe(), group)
     if args.web_port:
         from prometheus_client import start_http_server
 
@@ -196,7 +206,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         environments=environments,
         batch_rows=batch_rows,
         commit_interval_s=interval,
-        group_id=args.group,
+        group_id=group,
         session_timeout_s=settings.session_timeout_s,
     )
     try:
@@ -215,12 +225,101 @@ async def _run(settings: Settings, landing: Any) -> None:
         loop.add_signal_handler(signum, landing.stop)
     # The worker creates its topics too; whoever starts first creates them,
     # so the sink can subscribe before any worker ever ran.
-    ensure = asyncio.create_task(_ensure_worker_topics(settings))
+    ensure = asyncio.create_task(_ensure_worker_topics(settings, check_raw_partitions=False))
     stopped = asyncio.create_task(landing.stopped())
     await asyncio.wait({ensure, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
     if not ensure.done():  # stopped while Kafka never answered
         ensure.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await ensure
         return
-    stopped.cancel()
+    ensure.result()  # its failure is ours, never a "Task exception was never retrieved"
     await landing.run()
     log.info("sink stopped")
+
+
+def add_query_parser(sub: Any, epilog: str) -> None:
+    parser = sub.add_parser(
+        "warehouse",
+        help="query the sink's Iceberg tables with SQL (DuckDB, offline)",
+        description="Look at the warehouse the sink (or `hookline run`) lands into.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=SINK_ENV_HELP + epilog,
+    )
+    commands = parser.add_subparsers(dest="warehouse_command", required=True, metavar="COMMAND")
+    sql = commands.add_parser(
+        "sql",
+        help="run one SQL query over the tables and print the result",
+        description=(
+            "Run QUERY in DuckDB with the tables <env>.orders_state, <env>.order_changes and "
+            "<env>.webhook_events (env: production, sandbox) read through the catalog: no "
+            "download, no metadata file to find. Needs duckdb (in the test extra). A folder "
+            "holding `hookline run`'s per-run warehouses means its newest run."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sql.add_argument("query", metavar="QUERY", help="e.g. 'SELECT * FROM production.orders_state'")
+    where = sql.add_mutually_exclusive_group()
+    where.add_argument("--warehouse", metavar="DIR", default=None, help="as for `hookline sink`")
+    where.add_argument("--catalog", metavar="NAME", default=None, help="as for `hookline sink`")
+    sql.add_argument("--csv", action="store_true", help="CSV with a header instead of a table")
+    sql.set_defaults(func=cmd_warehouse_sql)
+
+
+def newest_warehouse(folder: Path) -> Path | None:
+    """``folder`` when it holds a catalog, else its newest subfolder that does (per-run ones)."""
+    if (folder / "catalog.db").exists():
+        return folder
+    runs = sorted(p.parent for p in folder.glob("*/catalog.db"))
+    return runs[-1] if runs else None
+
+
+def cmd_warehouse_sql(args: argparse.Namespace) -> int:
+    if not warehouse_available():
+        raise SystemExit(f"hookline warehouse: {EXTRA_MISSING}")
+    if importlib.util.find_spec("duckdb") is None:
+        raise SystemExit("hookline warehouse: needs duckdb: pip install 'duckdb==1.4.4'")
+    import csv
+
+    import duckdb
+    from hookline.warehouse import tables
+    from hookline.warehouse.rows import TABLES
+
+    catalog_name = args.catalog or os.environ.get("HOOKLINE_SINK_CATALOG") or None
+    directory = None
+    if not catalog_name:
+        given = Path(args.warehouse or default_warehouse()).resolve()
+        directory = newest_warehouse(given)
+        if directory is None:
+            raise SystemExit(f"hookline warehouse: no warehouse (catalog.db) in {given}")
+        if directory != given:
+            print(f"warehouse: {directory}", file=sys.stderr, flush=True)
+    try:
+        catalog = tables.open_catalog(tables.WarehouseConfig(directory, catalog_name))
+        connection = duckdb.connect()
+        connection.execute("SET TimeZone = 'UTC'")
+        for environment in ENVIRONMENTS:
+            connection.execute(f"CREATE SCHEMA IF NOT EXISTS {environment}")
+            for table_def in TABLES:
+                name = table_def.identifier(environment)
+                if name not in args.query:  # read only the tables the query names
+                    continue
+                arrow = f"{environment}__{table_def.name}"
+                connection.register(arrow, catalog.load_table(name).scan().to_arrow())
+                # Names from TABLES and ENVIRONMENTS, never from the query.
+                connection.execute(f"CREATE VIEW {name} AS SELECT * FROM {arrow}")  # noqa: S608
+        result = connection.sql(args.query)
+    except tables.WarehouseError as exc:
+        raise SystemExit(f"hookline warehouse: {exc}") from None
+    except duckdb.Error as exc:
+        raise SystemExit(f"hookline warehouse: {exc}".splitlines()[0]) from None
+    if result is None:
+        return 0
+    if args.csv:
+        writer = csv.writer(sys.stdout)
+        writer.writerow(result.columns)
+        writer.writerows(result.fetchall())
+    else:
+        result.show(max_width=10_000, max_rows=10_000)
+    return 0

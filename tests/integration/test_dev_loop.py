@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from hookline.infra.broker import free_port
 from hookline.infra.processes import stop_process
 from pyiceberg.catalog.sql import SqlCatalog
@@ -231,3 +232,62 @@ def test_a_closed_output_pipe_stops_everything(tmp_path: Path) -> None:
         assert _alive(children) == set(), "left running after its output pipe closed"
     finally:
         stop_process(process, timeout=30)
+
+
+@pytest.mark.slow
+def test_an_idle_run_logs_no_error_line(tmp_path: Path) -> None:
+    """Six idle minutes after a story: past Faust's stream_processing_timeout (5 min)."""
+    with hookline_run(tmp_path) as running:
+        _story(running, "ord_idle_1", "tr_idle_1")
+        _landed(running.warehouse(), _topics(running, "ord_idle_1"))
+        time.sleep(6 * 60)
+        assert running.process.poll() is None
+        errors = [line for line in running.lines() if " ERROR " in line or "Traceback" in line]
+    assert errors == []
+
+
+def test_a_standalone_sink_next_to_hookline_run_lands_everything_too(tmp_path: Path) -> None:
+    """docs/warehouse.md's standalone sink beside `hookline run`: both warehouses complete."""
+    order = "ord_standalone_1"
+    with hookline_run(tmp_path) as running:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "HOOKLINE_"))}
+        env.update(KAFKA_BOOTSTRAP_SERVERS=running.bootstrap_servers, PYTHONUNBUFFERED="1")
+        standalone = tmp_path / "standalone"
+        log = tmp_path / "sink.log"
+        with open(log, "wb") as out:
+            sink = subprocess.Popen(
+                [
+                    *(sys.executable, "-m", "hookline", "sink", "--warehouse", str(standalone)),
+                    *("--web-port", "0", "--commit-interval", "1"),
+                ],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            for n in range(4):
+                _story(running, f"{order}_{n}", f"tr_standalone_{n}")
+            expected = _topics(running, f"{order}_3")
+            _landed(running.warehouse(), expected)
+            _landed(standalone, expected)
+            assert sink.poll() is None, log.read_text()
+        finally:
+            stop_process(sink, timeout=30)
+        query = subprocess.run(
+            [
+                *(sys.executable, "-m", "hookline", "warehouse", "sql", "--csv"),
+                "SELECT count(*) AS changes FROM production.order_changes",
+                *("--warehouse", str(running.warehouse())),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    text = log.read_text()
+    assert "Task exception" not in text
+    assert "partitions but HOOKLINE_PARTITIONS" not in text
+    assert query.returncode == 0, query.stderr
+    assert query.stdout.split() == ["changes", str(len(expected[0]))]
