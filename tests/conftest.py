@@ -23,10 +23,22 @@ TEST_SOURCES = TESTS / "sources.test.toml"
 STDHOOKS_SECRET = "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "xfail_on_kafka(reason): expected to fail (strictly) in the test's kafka run only; "
+        "the reason names the product defect",
+    )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "/integration/" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+        known = item.get_closest_marker("xfail_on_kafka")
+        callspec = getattr(item, "callspec", None)
+        if known and callspec is not None and callspec.params.get("broker_kind") == "kafka":
+            item.add_marker(pytest.mark.xfail(reason=known.args[0], strict=True))
 
 
 @pytest.fixture(scope="session")

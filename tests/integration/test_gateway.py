@@ -32,7 +32,7 @@ from hookline.supervisor import dev_secrets
 from tests.conftest import STDHOOKS_SECRET, TEST_SOURCES, hookline_env
 from tests.support import processes
 from tests.support.broker import TestBroker
-from tests.support.kafka import Record
+from tests.support.kafka import Record, topic_partitions
 from tests.support.signing import (
     hmac_signature,
     payload,
@@ -233,6 +233,7 @@ class RawTopics:
     """A consumer over both raw topics that keeps what it read between tests."""
 
     def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap,
             enable_auto_commit=False,
@@ -251,12 +252,7 @@ class RawTopics:
         await self.consumer.start()
         deadline = time.monotonic() + 15
         while True:
-            await self.consumer.topics()  # refreshes the metadata
-            self.partitions = [
-                TopicPartition(topic, p)
-                for topic in RAW_TOPICS
-                for p in sorted(self.consumer.partitions_for_topic(topic) or ())
-            ]
+            self.partitions = await topic_partitions(self.bootstrap, RAW_TOPICS)
             if {tp.topic for tp in self.partitions} == set(RAW_TOPICS):
                 break
             assert time.monotonic() < deadline, "raw topics were not created by the gateway"
@@ -476,9 +472,8 @@ async def production_records_containing(bootstrap: str, needles: list[str]) -> l
     await consumer.start()
     hits: list[str] = []
     try:
-        names = {t for t in await consumer.topics() if t.startswith("production.")}
         partitions = [
-            TopicPartition(t, p) for t in names for p in consumer.partitions_for_topic(t) or ()
+            tp for tp in await topic_partitions(bootstrap) if tp.topic.startswith("production.")
         ]
         if not partitions:
             return hits

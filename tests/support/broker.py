@@ -21,6 +21,10 @@ from hookline.infra.kafka_cluster import KafkaCluster, KafkaUnavailable, check_a
 
 #: The broker kinds, in the order the session runs them (each starts once).
 KINDS = ("tansu", "kafka")
+#: Broker settings of the tests' Kafka beyond infra/kafka_cluster.py's: consumer
+#: sessions down to 1 s (Kafka's default minimum is 6 s), as tests that kill a
+#: consumer use short sessions to keep restarts quick.
+TEST_KAFKA_SETTINGS = {"group.min.session.timeout.ms": "1000"}
 
 
 @dataclass
@@ -63,5 +67,5 @@ def running_broker(kind: str, log_dir: Path, name: str) -> Iterator[TestBroker]:
     if external:
         yield TestBroker(external, kind)
         return
-    with KafkaCluster(log_dir=log_dir / f"kafka-{name}") as cluster:
+    with KafkaCluster(log_dir=log_dir / f"kafka-{name}", settings=TEST_KAFKA_SETTINGS) as cluster:
         yield TestBroker(cluster.bootstrap_servers, kind, cluster=cluster)

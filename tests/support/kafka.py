@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from hookline.schemas import codec
 
 TOMBSTONE = "tombstone"
@@ -23,6 +24,28 @@ class Record:
     schema: str
     value: dict[str, Any]
     raw: bytes | None
+
+
+async def topic_partitions(
+    bootstrap: str, topics: Iterable[str] | None = None
+) -> list[TopicPartition]:
+    """Every partition of ``topics`` (of every topic when None) that exists now, sorted.
+
+    A consumer's ``partitions_for_topic`` knows only the topics it tracks: Tansu's
+    metadata answers list every topic regardless, Kafka's do not, so ask directly.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(None if topics is None else list(topics))
+    finally:
+        await admin.close()
+    return sorted(
+        TopicPartition(topic["topic"], partition["partition"])
+        for topic in described
+        if topic["error_code"] == 0
+        for partition in topic["partitions"]
+    )
 
 
 async def read_topics(
