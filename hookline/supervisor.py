@@ -194,16 +194,23 @@ def _start_sink(
     )
 
 
+def _shown(path: Path) -> str:
+    """``path`` relative to the current folder when it is under it, else absolute."""
+    relative = os.path.relpath(path)
+    return path.as_posix() if relative.startswith("..") else relative
+
+
 def _try_line(gateway_port: int) -> str:
-    """A first webhook to send: the checkout's dev token, or where generated secrets are."""
-    url = f"http://127.0.0.1:{gateway_port}/webhooks/partner"
-    if DEV_ENV.exists():
-        return (
-            f"  try:  curl -s -X POST '{url}?token=dev-partner-token' "
-            "-H 'content-type: application/json' "
-            "--data @tests/fixtures/payloads/partner-order-status.json\n"
-        )
-    return f"  try:  POST a partner webhook to {url}?token=$PARTNER_SECRET (dev-secrets.env)\n"
+    """A first webhook to send, as a command that works from this folder."""
+    url = f"http://127.0.0.1:{gateway_port}"
+    example = (
+        DEV_SOURCES.parents[1] / "tests" / "fixtures" / "payloads" / "partner-order-status.json"
+    )
+    if example.exists():
+        script = Path(sys.executable).parent / "hookline"
+        command = _shown(script) if script.exists() else "hookline"
+        return f"  try:  {command} send partner {_shown(example)} --url {url}\n"
+    return f"  try:  hookline send partner YOUR-FILE.json --url {url}\n"
 
 
 def run_all(
