@@ -48,8 +48,8 @@ async def follow(bootstrap: str, topic: str = "production.orders.changes") -> No
         auto_offset_reset="earliest",
         enable_auto_commit=False,
     )
-    await consumer.start()
     try:
+        await consumer.start()
         async for message in consumer:
             name, change = codec.decode(message.value)
             if name != codec.ORDER_CHANGE:
@@ -71,4 +71,8 @@ async def follow(bootstrap: str, topic: str = "production.orders.changes") -> No
 
 
 if __name__ == "__main__":
-    asyncio.run(follow(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")))
+    import contextlib
+
+    # Ctrl-C: asyncio cancels follow(), whose finally leaves the group; then exit quietly.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(follow(os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")))

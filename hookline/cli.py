@@ -25,7 +25,8 @@ ENV_HELP = """
 environment:
   KAFKA_BOOTSTRAP_SERVERS  host:port[,host:port...] of the Kafka cluster
                            (unset: `run` starts an embedded broker)
-  HOOKLINE_SOURCES         sources file (default: infra/sources.dev.toml)
+  HOOKLINE_SOURCES         sources file; gateway, worker, redrive and replay need it
+                           (unset: `run` and `send` use infra/sources.dev.toml)
   HOOKLINE_*               further settings, see the README's settings table
 """
 
@@ -249,11 +250,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="everything on one machine: broker (if needed), gateway and a worker",
+        help="everything on one machine: broker (if needed), gateway, a worker and a sink",
         description=(
             "Start an embedded Kafka-protocol broker when KAFKA_BOOTSTRAP_SERVERS is unset, "
-            "then the gateway and one worker, with the dev sources file unless HOOKLINE_SOURCES "
-            "is set. Ctrl-C stops everything: gateway first, then the worker (which commits), "
+            "then the gateway, one worker and (with the warehouse extra) a sink, with the dev "
+            "sources file unless HOOKLINE_SOURCES is set. Every port is checked first. With the "
+            "embedded broker, which starts empty, each run lands in a new warehouse folder "
+            "under $HOOKLINE_DATA_DIR/warehouse/. Ctrl-C, SIGTERM, SIGHUP or a closed output "
+            "pipe stops everything: gateway first, then the worker (which commits), the sink, "
             "then the broker."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -307,12 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="a stream worker: normalize, deduplicate, join, emit order state",
         description=(
             "Run one Faust worker. Start as many as you like: they share partitions as the "
-            "consumer group 'hookline'. Serves /metrics and /healthz on --web-port."
+            "consumer group 'hookline'. Serves /metrics, /healthz and /readyz on --web-port."
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=ENV_HELP,
     )
-    wk.add_argument("--web-port", type=int, default=6066, help="port for /metrics (default 6066)")
+    wk.add_argument(
+        "--web-port",
+        type=int,
+        default=6066,
+        help="port for /metrics, /healthz, /readyz (default 6066)",
+    )
     wk.add_argument("--web-host", default="127.0.0.1", help="bind address for /metrics")
     wk.set_defaults(func=cmd_worker)
 

@@ -92,6 +92,10 @@ def dict_config(verbose: bool) -> dict[str, Any]:
         "loggers": {
             # aiokafka logs every reconnect attempt at ERROR while Kafka is away.
             "aiokafka": {"level": "INFO" if verbose else "CRITICAL"},
+            # Faust and its service library log every service's start and stop
+            # (~140 lines per worker start); their warnings and errors still show.
+            "faust": {"level": "INFO" if verbose else "WARNING"},
+            "mode": {"level": "INFO" if verbose else "WARNING"},
         },
     }
 
