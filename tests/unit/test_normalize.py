@@ -230,7 +230,7 @@ def test_unknown_source_gets_the_default_window_and_no_ignore() -> None:
         b"",
         None,
         b'{"event_type": "ORDER_STATUS_CHANGED"}',
-        b"\xc3\x01" + b"\x00" * 8 + b"body",
+        b"\xc3\x01\x00body",  # the marker, but too short for a fingerprint
     ],
 )
 def test_garbage_is_dead_lettered_at_decode(value: bytes | None) -> None:
@@ -242,6 +242,15 @@ def test_garbage_is_dead_lettered_at_decode(value: bytes | None) -> None:
     assert record["envelope"]["body"] == (value or b"")
     assert record["envelope"]["environment"] == "production"
     assert before <= record["dead_lettered_at"] <= int(time.time() * 1000)
+
+
+def test_a_record_of_an_unknown_schema_is_not_dead_lettered_but_raised() -> None:
+    """A single-object record whose fingerprint this release does not know is most
+    likely a newer release's: the stage holds its partition (streams/unreadable.py)."""
+    value = b"\xc3\x01" + b"\x00" * 8 + b"body"
+    with pytest.raises(codec.UnknownSchema) as held:
+        run(b"some-delivery-id", value)
+    assert held.value.fingerprint == "00" * 8
 
 
 def test_garbage_without_key_is_dead_lettered() -> None:
