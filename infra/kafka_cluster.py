@@ -61,6 +61,10 @@ logger.request.level = WARN
 HOST = "127.0.0.1"
 
 
+class _PortTaken(BrokerError):
+    """A node could not bind a port picked free a moment before: start again elsewhere."""
+
+
 class KafkaUnavailable(BrokerError):
     """Java 17+ is missing, or the jars are not cached and cannot be fetched.
 
@@ -295,10 +299,24 @@ class KafkaCluster:
         return props
 
     def start(self) -> KafkaCluster:
+        """Start every node and wait until all are live; on failure nothing is left running.
+
+        Ports are picked free and then bound by the JVMs seconds later, so another
+        process may take one meanwhile: such a start is retried on fresh ports.
+        """
         if self.nodes:
             raise BrokerError("Kafka cluster already started")
         self._java = java_command()
         self._classpath = classpath()
+        for attempt in range(1, 4):
+            try:
+                return self._start_once()
+            except _PortTaken as exc:
+                if attempt == 3:
+                    raise BrokerError(str(exc)) from None
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> KafkaCluster:
         self._tmp = Path(tempfile.mkdtemp(prefix="hookline-kafka-"))
         if self.log_dir:
             self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -379,7 +397,10 @@ class KafkaCluster:
         while waiting:
             for node in list(waiting):
                 if node.process is not None and node.process.poll() is not None:
-                    raise BrokerError(
+                    log = self.log_path(node)
+                    text = log.read_text(errors="replace") if log.exists() else ""
+                    failure = _PortTaken if "Address already in use" in text else BrokerError
+                    raise failure(
                         f"Kafka node {node.node_id} exited with {node.process.returncode} "
                         f"at start; see {self.log_path(node)}"
                     )
