@@ -17,7 +17,7 @@ then for ``--seconds`` while the shape's unauthenticated clients attack:
   (half as fast as they can, half one byte a second);
 - ``log-flood``: 16 clients send malformed requests and Upgrade requests;
 - ``body-flood``: the first round's flood, 1 MB and costly bodies to the JWT
-  source.
+  source (``declared``, ``chunked``, ``parse``: one of its three kinds alone).
 
 Under each shape the authentic client must keep >= ``--min-accepted`` of its
 deliveries answered 200, with a p99 at most ``--max-p99-ms``, no 503, and
@@ -70,6 +70,7 @@ from hookline.infra.processes import ServiceProcess
 
 from tests.support.attackers import (
     ATTACKS,
+    CONVERSATIONS,
     DEFAULT_CLIENTS,
     Answer,
     AttackStats,
@@ -354,7 +355,8 @@ def main() -> int:
     parser.add_argument(
         "--shapes",
         default=",".join(ATTACKS),
-        help=f"attack shapes, comma-separated, run one after another ({', '.join(ATTACKS)})",
+        help="attack shapes, comma-separated, run one after another (default: "
+        f"{', '.join(ATTACKS)}; also declared, chunked, parse: one kind of body-flood)",
     )
     parser.add_argument(
         "--clients", type=int, default=0, help="clients per shape (default: the shape's own)"
@@ -374,8 +376,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     shapes = tuple(s for s in args.shapes.split(",") if s)
-    if not shapes or set(shapes) - set(ATTACKS):
-        parser.error(f"--shapes must be among {ATTACKS}")
+    if not shapes or set(shapes) - set(CONVERSATIONS):
+        parser.error(f"--shapes must be among {tuple(CONVERSATIONS)}")
     # Bounded: this is a benchmark against loopback, not a load generator.
     if not (0 <= args.clients <= 20_000 and 0 < args.seconds <= 120 and 0 < args.rate <= 200):
         parser.error("--clients must be 0..20000, --seconds at most 120, --rate 0..200")
@@ -388,7 +390,7 @@ def main() -> int:
         say(f"attack benchmark; logs in {logs}")
         with EmbeddedBroker(log_path=logs / "broker.log") as broker:
             for shape in shapes:
-                clients = args.clients or DEFAULT_CLIENTS[shape]
+                clients = args.clients or DEFAULT_CLIENTS.get(shape, 16)
                 clients = min(clients, descriptors - 500)  # room for the authentic client
                 results.append(run_shape(shape, clients, broker, logs, args))
     load_after = load_average()
@@ -407,6 +409,11 @@ def main() -> int:
         quiet_accepted = sum(r.quiet.accepted for r in results)
         rate = accepted / attacked_span if attacked_span else None
         baseline = quiet_accepted / quiet_span if quiet_span else None
+        attacked_cpu = sum(r.attacked.cpu for r in results)
+        quiet_cpu = sum(r.quiet.cpu for r in results)
+        handled = len(attacked_answers) + sum(r.stats.requests for r in results)
+        first_out = [r.attacked.as_json()["first_out_ms"] for r in results]
+        baseline_first_out = [r.quiet.as_json()["first_out_ms"] for r in results]
         print_json(
             {
                 "bench": "attack",
@@ -414,6 +421,16 @@ def main() -> int:
                 "records_per_s": round(rate, 2) if rate else None,
                 "baseline_records_per_s": round(baseline, 2) if baseline else None,
                 "ratio": round(rate / baseline, 4) if rate and baseline else None,
+                "cpu_ms_per_record": round(1000 * attacked_cpu / accepted, 4) if accepted else None,
+                "baseline_cpu_ms_per_record": (
+                    round(1000 * quiet_cpu / quiet_accepted, 4) if quiet_accepted else None
+                ),
+                "cpu_ms_per_request": round(1000 * attacked_cpu / handled, 4) if handled else None,
+                # The slowest shape's first authentic delivery as its attack starts.
+                "first_out_ms": max((v for v in first_out if v is not None), default=None),
+                "baseline_first_out_ms": max(
+                    (v for v in baseline_first_out if v is not None), default=None
+                ),
                 "p50_ms": round(percentile(attacked_ms, 0.50), 2),
                 "p99_ms": round(percentile(attacked_ms, 0.99), 2),
                 "baseline_p50_ms": round(percentile(quiet_ms, 0.50), 2),

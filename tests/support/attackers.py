@@ -317,9 +317,9 @@ def log_flood(host: str, number: int) -> Conversation:
     return talk
 
 
-def body_flood(host: str, number: int) -> Conversation:
+def body_flood(host: str, number: int, only: str | None = None) -> Conversation:
     """The first round's flood: 1 MB bodies (declared, chunked) or costly JSON, to payments."""
-    shape = SHAPES[number % len(SHAPES)]
+    shape = only or SHAPES[number % len(SHAPES)]
     head, pieces = _request(
         host, 0, "/webhooks/payments", shape, 16 * 1024 if shape == "parse" else MB
     )
@@ -343,6 +343,10 @@ CONVERSATIONS: dict[str, Callable[[str, int], Conversation]] = {
     "404-body": body_404,
     "log-flood": log_flood,
     "body-flood": body_flood,
+    **{
+        kind: (lambda host, number, kind=kind: body_flood(host, number, kind))  # type: ignore[misc]
+        for kind in SHAPES
+    },
 }
 
 
