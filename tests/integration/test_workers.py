@@ -384,6 +384,13 @@ def proc_state(worker: processes.ServiceProcess) -> str:
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+async def until_logged(worker: processes.ServiceProcess, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in worker.log():
+        assert time.monotonic() < deadline, worker.tail()
+        await asyncio.sleep(0.5)
+
+
 async def until_stopped(worker: processes.ServiceProcess, timeout: float) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
@@ -427,10 +434,7 @@ async def test_a_worker_paused_past_its_session_writes_nothing_stale(
         await asyncio.sleep(2)
         assert paused.process is not None
         os.kill(paused.process.pid, signal.SIGCONT)
-        deadline = time.monotonic() + 60
-        while "fenced out" not in paused.log() and time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-        assert "fenced out" in paused.log(), paused.tail()
+        await until_logged(paused, "fenced out", 60)
         # It does not exit: it rejoins, and shares the rest of the work.
         await asyncio.to_thread(paused.wait_ready, 60)
         assert paused.process.poll() is None, paused.tail()

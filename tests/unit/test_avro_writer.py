@@ -415,15 +415,14 @@ def test_invalid_values_raise(name: str, record: dict[str, Any]) -> None:
     # Whatever fastavro raises (TypeError, ValueError, UnicodeEncodeError...),
     # or writes by coercion, encode refuses as data: one exception type for
     # callers to catch at the record, naming the schema and fastavro's reason.
+    reason = ""
     try:
         fastavro_bytes(CURRENT[name].plain, record)
     except Exception as exc:
-        with pytest.raises(codec.CodecError, match=name) as refused:
-            codec.encode(name, record)
-        assert str(exc) in str(refused.value)
-    else:  # fastavro coerces or writes a value out of range: refused all the same
-        with pytest.raises(codec.CodecError, match=name):
-            codec.encode(name, record)
+        reason = str(exc)
+    with pytest.raises(codec.CodecError, match=name) as refused:
+        codec.encode(name, record)
+    assert reason in str(refused.value)  # "" when fastavro coerced it: refused all the same
 
 
 def test_a_lone_surrogate_is_refused_as_data() -> None:
