@@ -21,9 +21,9 @@ is served). :class:`GuardedProtocol` adds those bounds for every route:
   connection is closed after the answer.
 
 Every refusal is the app's JSON shape; its log line goes through the
-gateway's rate-limited refusal log. Invariant: at most one head per
-connection is being parsed, and it never holds more than
-``max_header_bytes`` of input.
+gateway's rate-limited refusal log. Invariant: the parser is never given
+more than ``max_header_bytes`` of one request head, plus, for a head that
+begins in the same read as the previous request's end, that read's tail.
 """
 
 from __future__ import annotations
@@ -201,6 +201,8 @@ class GuardedProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._header_count = 0
         self._too_many_headers = False
+        #: Request heads parsed on this connection.
+        self._heads_done = 0
         #: Set while an Upgrade request's body is passed on by hand: bytes still due.
         self._upgrade_body_left: int | None = None
         self._upgrade_declared: int | None = None
@@ -265,12 +267,15 @@ class GuardedProtocol(HttpToolsProtocol):
             self._feed(data)
             return
         self._head_bytes += room
+        heads = self._heads_done
         self._feed(data[:room])
         if self.transport.is_closing():
             return
-        if self._head_open:
+        if self._heads_done == heads:  # the head that began before is still not complete
             self._refuse(HEAD_TOO_LARGE, "headers_too_large", "request headers too large")
             return
+        # The head completed within the limit (and a next one may have begun,
+        # its first bytes uncounted: at most one read's worth).
         self.data_received(data[room:])
 
     def _feed(self, data: bytes) -> None:
@@ -320,6 +325,7 @@ class GuardedProtocol(HttpToolsProtocol):
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
+        self._heads_done += 1
         self._head_open = False
         self.guard.head_arrived(self)
         super().on_headers_complete()
