@@ -152,11 +152,15 @@ def cmd_sink(args: argparse.Namespace) -> int:
 
     try:
         settings = Settings.from_env()
-        batch_rows = args.batch_rows or _int(
-            os.environ, "HOOKLINE_SINK_BATCH_ROWS", sink.DEFAULT_BATCH_ROWS
+        batch_rows = (
+            args.batch_rows
+            if args.batch_rows is not None
+            else _int(os.environ, "HOOKLINE_SINK_BATCH_ROWS", sink.DEFAULT_BATCH_ROWS)
         )
-        interval = args.commit_interval or _float(
-            os.environ, "HOOKLINE_SINK_COMMIT_INTERVAL", sink.DEFAULT_COMMIT_INTERVAL_S
+        interval = (
+            args.commit_interval
+            if args.commit_interval is not None
+            else _float(os.environ, "HOOKLINE_SINK_COMMIT_INTERVAL", sink.DEFAULT_COMMIT_INTERVAL_S)
         )
     except SettingsError as exc:
         raise _fail(str(exc)) from None
