@@ -74,6 +74,9 @@ def serve(
         forwarded_allow_ips=forwarded_allow_ips or None,
         timeout_keep_alive=limits.keep_alive_s,
         timeout_graceful_shutdown=10,
+        # A burst of connections waits in the kernel's accept queue; a longer
+        # one (the kernel caps it at net.core.somaxconn) drops fewer SYNs.
+        backlog=8192,
     )
     side: uvicorn.Server | None = None
     if metrics_port is not None:
