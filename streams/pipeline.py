@@ -673,17 +673,20 @@ class EnvironmentPipeline:
             change = result.change
             encoded = codec.encode(codec.ORDER_CHANGE, change)
             state = codec.encode(codec.ORDER_STATE, change["after"])
-            outbox = result.record["outbox"] = [*result.record["outbox"], encoded]
-            if len(outbox) >= MAX_OUTBOX:
-                orders.full = True
+            result.record["outbox"] = [*result.record["outbox"], encoded]
             batch.send(self.orders_changes, key, encoded)
             batch.send(self.orders_state, key, state)
             orders.received.append(arrived)
             orders.transitions.append((event.message.partition, change["before"], change["after"]))
-        for fact in facts:
+        if facts:
             # Once per fact: its key is in the record written with this batch
-            # (streams/order_state.py), so a retried delivery sends nothing.
-            batch.send(self.orders_rejected, key, fact)
+            # (streams/order_state.py), so a retried delivery sends nothing;
+            # and in its outbox, so a crash before the send does not lose it.
+            result.record["outbox"] = [*result.record["outbox"], *facts]
+            for fact in facts:
+                batch.send(self.orders_rejected, key, fact)
+        if len(result.record["outbox"]) >= MAX_OUTBOX:
+            orders.full = True
         if result.changed:
             batch.put(event, key, result.record)
 
@@ -704,10 +707,13 @@ class EnvironmentPipeline:
         if not owed:
             record["outbox"] = []
             return
-        for change in owed:
-            after = codec.decode_as(codec.ORDER_CHANGE, change)["after"]
-            batch.send(self.orders_changes, key, change)
-            batch.send(self.orders_state, key, codec.encode(codec.ORDER_STATE, after))
+        for item in owed:
+            name, value = codec.decode(item)
+            if name == codec.REJECTED_FACT:
+                batch.send(self.orders_rejected, key, item)
+                continue
+            batch.send(self.orders_changes, key, item)
+            batch.send(self.orders_state, key, codec.encode(codec.ORDER_STATE, value["after"]))
         batch.put(event, key, record)
         self.metrics.republished.labels(self.env).inc(len(owed))
 
