@@ -15,7 +15,16 @@ runs from its "sink ready" log line to the moment the three tables'
 committed offsets cover every record; the baseline's from its first fetch
 request to its last record.
 
-    .venv/bin/python bench/sink.py [--records 20000] [--batch-rows 50000 5000] [--json]
+    .venv/bin/python bench/sink.py [--records 20000] [--batch-rows 50000 5000]
+        [--preload 0 1000000] [--json]
+
+``--preload N`` (one or more values) first lands N older orders in each of
+the three tables straight through pyiceberg (50,000 rows a commit, keys as
+random as the measured ones, times before theirs), builds the sink's version
+index from them (timed apart: a running sink keeps its index), and only then
+starts the sink: the rate at N against the rate at 0 is how a commit's cost
+grows with the table. Every (batch rows, preload) pair runs on a fresh copy,
+alternating.
 
 ``--json`` prints one JSON document on stdout instead of the table (fields in
 bench/README.md): the common fields at the top level are the first
@@ -38,12 +47,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import asyncio
 import os
+import random
+import re
+import shutil
 import tempfile
 import time
 import uuid
 from decimal import Decimal
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from _common import (
     cpu_seconds,
     cpu_times,
@@ -183,7 +197,7 @@ def first_commit_at(warehouse: Path) -> float | None:
     files and manifests, just before the catalog commit, on this machine's
     clock, so this is when the sink landed its first rows, whenever the
     bench's 0.25 s poll noticed. Tables hold no snapshot before the sink's
-    first commit (creating one adds none).
+    first commit (creating one adds none; --preload's carry no offsets).
     """
     from hookline.warehouse import tables
 
@@ -192,13 +206,94 @@ def first_commit_at(warehouse: Path) -> float | None:
         snapshot.timestamp_ms
         for name in ("order_changes", "orders_state", "webhook_events")
         for snapshot in catalog.load_table(f"{ENVIRONMENT}.{name}").metadata.snapshots
+        # The sink's appends carry offsets; --preload's snapshots do not.
+        if snapshot.summary is not None and snapshot.summary.get(tables.OFFSETS_PROPERTY)
     ]
     return min(stamps) / 1000 if stamps else None
 
 
-def run_sink(bootstrap: str, batch_rows: int, expected: int, timeout: float) -> dict[str, Any]:
+PRELOAD_COMMIT = 50_000
+PRELOAD_SPAN_MS = 30 * 86_400_000  # preloaded orders: the 30 days before the measured ones
+
+
+def _columns(table: Any, n: int, given: dict[str, pa.Array]) -> pa.Table:
+    """An Arrow table in ``table``'s schema: the given columns, nulls elsewhere."""
+    schema = table.schema().as_arrow()
+    arrays = [given.get(f.name, pa.nulls(n, f.type)) for f in schema]
+    return pa.Table.from_arrays(
+        [a.cast(f.type) for a, f in zip(arrays, schema, strict=True)], schema=schema
+    )
+
+
+def preload(warehouse: Path, orders: int) -> dict[str, float]:
+    """Land ``orders`` older orders in each table (no Kafka offsets) and build the index.
+
+    Keys carry a random tag so that, as with real order ids, no file's
+    min/max statistics rule a batch's keys out.
+    """
+    from hookline.warehouse import rows as table_rows
+    from hookline.warehouse import tables
+    from hookline.warehouse.commit import TableWriter
+
+    catalog = tables.open_catalog(tables.WarehouseConfig(directory=warehouse))
+    step = PRELOAD_SPAN_MS // max(orders, 1)
+    rng = random.Random(7)
+    started = time.perf_counter()
+    handles = {d.name: tables.ensure_table(catalog, d, ENVIRONMENT) for d in table_rows.TABLES}
+    for start in range(0, orders, PRELOAD_COMMIT):
+        n = min(PRELOAD_COMMIT, orders - start)
+        ids = pa.array(
+            [f"bench_{rng.getrandbits(24):06x}_{i:07d}" for i in range(start, start + n)]
+        )
+        at = pa.array(
+            [(START_MS - PRELOAD_SPAN_MS + i * step) * 1000 for i in range(start, start + n)],
+            pa.timestamp("us", tz="UTC"),
+        )
+        one, env = pa.array([1] * n, pa.int64()), pa.array([ENVIRONMENT] * n)
+        active = pa.array(["ACTIVE"] * n)
+        given = {
+            "orders_state": {
+                "order_id": ids,
+                "environment": env,
+                "order_status": active,
+                "payment_status": pa.array(["SUCCEEDED"] * n),
+                "version": one,
+                "updated_at": at,
+                "currency": pa.array(["EUR"] * n),
+            },
+            "order_changes": {
+                "order_id": ids,
+                "environment": env,
+                "version": one,
+                "updated_at": at,
+                "after_order_status": active,
+            },
+            "webhook_events": {
+                "event_id": pc.binary_join_element_wise(ids, pa.array([":0"] * n), ""),
+                "delivery_id": ids,
+                "source": pa.array(["partner"] * n),
+                "environment": env,
+                "received_at": at,
+                "order_id": ids,
+                "order_status": active,
+            },
+        }
+        for name, handle in handles.items():
+            handle.append(_columns(handle, n, given[name]))
+        say(f"  preload: {start + n}/{orders} orders in each table")
+    loaded = time.perf_counter() - started
+    started = time.perf_counter()
+    state = next(d for d in table_rows.TABLES if d.version_column is not None)
+    TableWriter(catalog, state, ENVIRONMENT).index.sync(
+        catalog.load_table(state.identifier(ENVIRONMENT))
+    )
+    return {"preload_s": loaded, "index_build_s": time.perf_counter() - started}
+
+
+def run_sink(
+    bootstrap: str, batch_rows: int, expected: int, timeout: float, warehouse: Path
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
-        warehouse = Path(tmp) / "warehouse"
         port = free_port()
         sink = ServiceProcess(
             "sink",
@@ -241,6 +336,9 @@ def run_sink(bootstrap: str, batch_rows: int, expected: int, timeout: float) -> 
             steal = steal_share(machine, cpu_times())
             commits = sink.log().count(" row(s)")
             first = first_commit_at(warehouse)
+            commit_s = [
+                float(x) for x in re.findall(r"orders_state: \+\d+ row.* in ([0-9.]+)s", sink.log())
+            ]
         finally:
             sink.stop()
     return {
@@ -251,16 +349,19 @@ def run_sink(bootstrap: str, batch_rows: int, expected: int, timeout: float) -> 
         "landed": done,
         "first_out": float("nan") if first is None else first - started_at,
         "steal": steal,
+        "orders_state_commit_s": commit_s,
     }
 
 
 def result_json(
-    batch_rows: int, expected: int, result: dict[str, Any], baseline_rate: float
+    batch_rows: int, preloaded: int, expected: int, result: dict[str, Any], baseline_rate: float
 ) -> dict[str, Any]:
     """One sink run with the common fields: CPU from the clock's start only (see the docstring)."""
     rate = expected / result["seconds"]
     return {
         "batch_rows": batch_rows,
+        "preload": preloaded,
+        "orders_state_commit_s": result["orders_state_commit_s"],
         "records": expected,
         "landed": result["landed"],
         "seconds": round(result["seconds"], 3),
@@ -274,6 +375,16 @@ def result_json(
     }
 
 
+def slowdowns(results: list[dict[str, Any]]) -> dict[str, float]:
+    """Per batch rows and preload: the rate on an empty table over the rate at that preload."""
+    empty = {r["batch_rows"]: r["records_per_s"] for r in results if r["preload"] == 0}
+    return {
+        f"{r['batch_rows']}@{r['preload']}": round(empty[r["batch_rows"]] / r["records_per_s"], 3)
+        for r in results
+        if r["preload"] and r["batch_rows"] in empty
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--records", type=int, default=20000, help="orders (x3 records)")
@@ -283,6 +394,13 @@ def main() -> int:
         nargs="+",
         default=[50000, 5000],
         help="sink --batch-rows values to measure (default: 50000 5000)",
+    )
+    parser.add_argument(
+        "--preload",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="orders already in each table before the sink starts (default: 0)",
     )
     parser.add_argument("--baseline-runs", type=int, default=3, help="median of this many")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per sink run")
@@ -313,21 +431,36 @@ def main() -> int:
         baseline = median["seconds"]
         rows = [["bare consumer (baseline)", "-", f"{baseline:.2f}", f"{expected / baseline:.0f}"]]
         rows[0] += ["1.000", "-", "-"]
+        scratch = Path(tempfile.mkdtemp(prefix="bench-sink-preload-"))
+        preloads: dict[int, dict[str, float]] = {}
+        for orders in sorted(set(args.preload) - {0}):
+            say(f"preloading {orders} orders")
+            preloads[orders] = preload(scratch / str(orders) / "warehouse", orders)
+            shutil.copytree(scratch / str(orders) / "warehouse", scratch / str(orders) / "pristine")
         for batch_rows in args.batch_rows:
-            result = run_sink(bootstrap, batch_rows, expected, args.timeout)
-            results.append(result_json(batch_rows, expected, result, expected / baseline))
-            rate = expected / result["seconds"]
-            rows.append(
-                [
-                    "hookline sink",
-                    str(batch_rows),
-                    f"{result['seconds']:.2f}",
-                    f"{rate:.0f}",
-                    f"{rate / (expected / baseline):.3f}",
-                    str(int(result["commits"])),
-                    f"{1000 * result['cpu'] / expected:.3f}",
-                ]
-            )
+            for orders in args.preload:
+                warehouse = scratch / str(orders) / "warehouse"
+                if orders and not warehouse.exists():
+                    # The SQLite catalog holds absolute paths: restore at the same path.
+                    shutil.copytree(scratch / str(orders) / "pristine", warehouse)
+                result = run_sink(bootstrap, batch_rows, expected, args.timeout, warehouse)
+                shutil.rmtree(warehouse, ignore_errors=True)
+                results.append(
+                    result_json(batch_rows, orders, expected, result, expected / baseline)
+                )
+                rate = expected / result["seconds"]
+                rows.append(
+                    [
+                        f"hookline sink, {orders} preloaded",
+                        str(batch_rows),
+                        f"{result['seconds']:.2f}",
+                        f"{rate:.0f}",
+                        f"{rate / (expected / baseline):.3f}",
+                        str(int(result["commits"])),
+                        f"{1000 * result['cpu'] / expected:.3f}",
+                    ]
+                )
+        shutil.rmtree(scratch, ignore_errors=True)
     load_after = load_average()
     say(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
     if args.json:
@@ -347,6 +480,11 @@ def main() -> int:
                 "baseline_runs": [round(r["seconds"], 3) for r in baseline_runs],
                 "orders": args.records,
                 "partitions": PARTITIONS,
+                "preload": args.preload[0],
+                "preloads": {
+                    str(n): {k: round(v, 2) for k, v in p.items()} for n, p in preloads.items()
+                },
+                "slowdown_at_preload": slowdowns(results),
                 "results": results,
                 "load_average": [round(load_before, 2), round(load_after, 2)],
             }

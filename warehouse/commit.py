@@ -24,14 +24,17 @@ Synchronous on purpose: pyiceberg is, and the sink runs this in a thread.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from hookline.warehouse import rows, tables
 from hookline.warehouse.rows import TableDef
 from hookline.warehouse.tables import WarehouseError
+from hookline.warehouse.version_index import VersionIndex
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import (
@@ -72,6 +75,18 @@ def _at(value: datetime) -> str:
     return value.isoformat()
 
 
+def index_path(catalog: Catalog, identifier: str) -> Path:
+    """Where a table's version index lives: next to a local warehouse's catalog, else
+    under ``$HOOKLINE_DATA_DIR/sink-index/<catalog>/`` on the sink's machine."""
+    warehouse = str(catalog.properties.get("warehouse", ""))
+    if warehouse.startswith("file://"):
+        folder = Path(warehouse.removeprefix("file://")) / "index"
+    else:
+        folder = Path(os.environ.get("HOOKLINE_DATA_DIR") or ".hookline") / "sink-index"
+        folder = folder / catalog.name
+    return folder / f"{identifier}.sqlite"
+
+
 class TableWriter:
     """Commits batches of one topic into one table."""
 
@@ -80,6 +95,7 @@ class TableWriter:
         catalog: Catalog,
         table_def: TableDef,
         environment: str,
+        index_file: Path | None = None,
     ) -> None:
         self.catalog = catalog
         self.table_def = table_def
@@ -87,6 +103,22 @@ class TableWriter:
         self.topic = table_def.topic(environment)
         self.identifier = table_def.identifier(environment)
         self._table: Table | None = None
+        self._index: VersionIndex | None = None
+        self._index_file = index_file or index_path(catalog, self.identifier)
+
+    @property
+    def index(self) -> VersionIndex:
+        """The versioned table's index of latest versions, opened on first use."""
+        if self._index is None:
+            version = self.table_def.version_column
+            assert version is not None
+            self._index = VersionIndex(
+                self._index_file,
+                self.table_def.key[0],
+                version,
+                self.table_def.time_column,
+            )
+        return self._index
 
     def _load(self) -> Table:
         try:
@@ -146,6 +178,8 @@ class TableWriter:
                 ) from exc
             result.committed = {p: b.next_offset for p, b in accepted.items()}
             result.rows_written = len(new)
+            if self.table_def.version_column is not None:
+                self._remember(table, new)
             break
         else:
             raise WarehouseError(
@@ -158,10 +192,10 @@ class TableWriter:
         self, table: Table, batch: list[dict[str, Any]]
     ) -> tuple[list[dict[str, Any]], BooleanExpression | None, int, int]:
         """(rows to append, filter of rows they replace, stale count, duplicate count)."""
-        if not batch or table.current_snapshot() is None:
-            return batch, None, 0, 0
         if self.table_def.version_column is not None:
             return self._newer_versions(table, batch)
+        if not batch or table.current_snapshot() is None:
+            return batch, None, 0, 0
         first = self.table_def.key[0]
         time_column = self.table_def.time_column
         times = [row[time_column] for row in batch]
@@ -187,19 +221,14 @@ class TableWriter:
         key, version = self.table_def.key[0], self.table_def.version_column
         assert version is not None
         time_column = self.table_def.time_column
-        found = table.scan(
-            row_filter=In(key, {row[key] for row in batch}),
-            selected_fields=(key, version, time_column),
-        ).to_arrow()
-        existing = {
-            k: (v, t)
-            for k, v, t in zip(
-                found.column(key).to_pylist(),
-                found.column(version).to_pylist(),
-                found.column(time_column).to_pylist(),
-                strict=True,
-            )
-        }
+        try:
+            self.index.sync(table)
+        except Exception as exc:  # storage errors reading the table: retried like a commit
+            raise WarehouseError(
+                f"cannot bring the version index of {self.identifier} up to date: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        existing = self.index.lookup({row[key] for row in batch})
         new = [row for row in batch if row[version] > existing.get(row[key], (-1, None))[0]]
         stale = len(batch) - len(new)
         replaced = [row[key] for row in new if row[key] in existing]
@@ -212,3 +241,15 @@ class TableWriter:
             In(key, set(replaced)), GreaterThanOrEqual(time_column, _at(oldest))
         )
         return new, replace, stale, 0
+
+    def _remember(self, table: Table, new: list[dict[str, Any]]) -> None:
+        """Add a committed batch to the index; a failure only costs the next sync a read."""
+        key, version = self.table_def.key[0], self.table_def.version_column
+        assert version is not None
+        time_column = self.table_def.time_column
+        try:
+            self.index.record(table, ((r[key], r[version], r[time_column]) for r in new))
+        except Exception as exc:
+            log.warning(
+                "%s: version index not updated (%s); the next commit re-reads", self.identifier, exc
+            )
