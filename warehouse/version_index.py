@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
+CACHE_MB = 256  # about 5 million orders' entries
 _NO_SNAPSHOT = 0  # ``synced`` of an index made from a table without snapshots
 
 Latest = tuple[int, datetime]  # (version, time of the row that holds it)
@@ -71,6 +72,11 @@ class VersionIndex:
         # the next sync re-reads from the table (the index is only a cache).
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        # A batch's keys are random: with SQLite's 2 MB default cache every
+        # lookup and insert would read its B-tree pages from the file again,
+        # a cost that grows with the index. Up to CACHE_MB stay in memory.
+        self._db.execute(f"PRAGMA cache_size=-{CACHE_MB * 1024}")
+        self._db.execute(f"PRAGMA mmap_size={CACHE_MB * 1024 * 1024}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS latest "
             "(k TEXT PRIMARY KEY, version INTEGER NOT NULL, at INTEGER NOT NULL) WITHOUT ROWID"
@@ -91,7 +97,7 @@ class VersionIndex:
             self._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (k TEXT PRIMARY KEY)")
             self._db.execute("DELETE FROM wanted")
             self._db.executemany(
-                "INSERT OR IGNORE INTO wanted (k) VALUES (?)", ((k,) for k in keys)
+                "INSERT OR IGNORE INTO wanted (k) VALUES (?)", ((k,) for k in sorted(keys))
             )
             found = {
                 k: (version, from_micros(at))
@@ -116,7 +122,9 @@ class VersionIndex:
 
     def record(self, table: Table, values: Iterable[tuple[str, int, datetime]]) -> None:
         """Add rows the table's current snapshot committed, and name that snapshot."""
-        self._apply(((k, v, micros(t)) for k, v, t in values), table)
+        # In key order: neighbouring keys share B-tree pages, so a sorted batch
+        # touches each page once.
+        self._apply(sorted((k, v, micros(t)) for k, v, t in values), table)
 
     def sync(self, table: Table) -> None:
         """Bring the index to ``table``'s current snapshot (see the module's invariant)."""
