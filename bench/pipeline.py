@@ -39,19 +39,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import select
+import signal
 import statistics
 import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
+import mix
 import uvloop
 from _common import (
     BENCH,
@@ -73,12 +77,15 @@ from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 from hookline.core import topics
 from hookline.core.adapters import ordering_key
+from hookline.core.settings import DEFAULT_FETCH_MAX_WAIT_MS
 from hookline.core.sources import load_sources
 from hookline.gateway.envelope import new_delivery_id, raw_envelope
 from hookline.infra.broker import EmbeddedBroker, free_port
 from hookline.infra.processes import ServiceProcess
 from hookline.schemas import codec
+from hookline.streams.app import MAX_POLL_RECORDS
 from hookline.streams.end_offsets import fetched_end_offsets
+from hookline.streams.transport import PREFETCH_BACKOFF_S
 
 from hookline.supervisor import dev_secrets
 
@@ -88,6 +95,10 @@ BASELINE_IN = "bench.forward.in"
 BASELINE_OUT = "bench.forward.out"
 FORWARDER_GROUP = "bench-forwarder"
 READY_LINE = "forwarder ready"
+#: The worker's producer linger (streams/app.py, ``producer_linger``), for its baseline.
+WORKER_LINGER_MS = 4
+#: Seconds a mixed run keeps reading after every order was exact, to see nothing undo it.
+SETTLE_SECONDS = 1.0
 PARTITIONER = DefaultPartitioner()
 
 
@@ -151,6 +162,7 @@ class RawRecord:
     key: bytes  # the delivery id
     value: bytes  # the Avro WebhookEnvelope
     ordering_key: bytes  # chooses the partition (gateway/publish.py), here the order id
+    topic: str | None = None  # the gateway's topic for its source (None: the mover's input)
 
 
 def raw_records(count: int, tag: str, start: int = 0) -> list[RawRecord]:
@@ -181,118 +193,193 @@ def raw_records(count: int, tag: str, start: int = 0) -> list[RawRecord]:
                 delivery_id.encode(),
                 codec.encode(codec.WEBHOOK_ENVELOPE, envelope),
                 ordering_key(source.kind, document).encode(),
+                topics.raw(ENVIRONMENT),
             )
         )
     return records
 
 
+class CountKeys:
+    """Done when ``want`` outputs whose key starts with ``prefix`` were read (a passthrough,
+    or one ``orders.changes`` record per partner delivery)."""
+
+    def __init__(self, topics_: list[str], want: int, prefix: bytes) -> None:
+        self.topics, self.want, self.prefix = topics_, want, prefix
+        self.count = 0
+
+    def take(self, messages: list[Any]) -> list[int]:
+        ours = [m for m in messages if m.key and m.key.startswith(self.prefix)]
+        self.count += len(ours)
+        return [m.timestamp for m in ours]
+
+    def progress(self) -> int:
+        return self.count
+
+    def wrong(self) -> list[Any]:
+        return [] if self.count == self.want else [f"{self.count}/{self.want} outputs"]
+
+
+class FinalStates:
+    """Done when every order's latest ``<env>.orders.state`` record is the one its
+    deliveries lead to (bench/mix.py): the run is timed to exact results, never to
+    a count that wrong results could reach too."""
+
+    def __init__(self, expected: dict[tuple[str, str], dict[str, Any]], deliveries: int) -> None:
+        self.expected = expected
+        self.want = deliveries
+        self.topics = sorted({topics.orders_state(env) for env, _ in expected})
+        self.latest: dict[tuple[str, str], bytes] = {}
+        self.matched: set[tuple[str, str]] = set()
+        self._dirty: set[tuple[str, str]] = set()
+
+    def take(self, messages: list[Any]) -> list[int]:
+        stamps = []
+        for m in messages:
+            if m.key is None or m.value is None:
+                continue
+            order = (m.topic.split(".", 1)[0], m.key.decode())
+            if order in self.expected:
+                self.latest[order] = m.value
+                self._dirty.add(order)
+                stamps.append(m.timestamp)
+        return stamps
+
+    def progress(self) -> int:
+        """Deliveries' worth done: the share of orders exact, scaled to the deliveries."""
+        for order in self._dirty:
+            _, state = codec.decode(self.latest[order])
+            want = self.expected[order]
+            if all(state.get(k) == v for k, v in want.items()):
+                self.matched.add(order)
+            else:
+                self.matched.discard(order)
+        self._dirty.clear()
+        if len(self.matched) == len(self.expected):
+            return self.want
+        return self.want * len(self.matched) // len(self.expected)
+
+    def wrong(self) -> list[Any]:
+        latest = {o: codec.decode(v)[1] for o, v in self.latest.items()}
+        return mix.mismatches(latest, self.expected)
+
+
 async def move(
     bootstrap: str,
     records: list[RawRecord],
-    in_topic: str,
-    out_topic: str,
-    key_prefix: bytes,
+    in_topic: str | None,
+    outputs: CountKeys | FinalStates,
     name: str,
     timeout: float,
+    mover_pid: int | None,
 ) -> RunResult:
-    """Send ``records`` to ``in_topic``; time until as many keyed outputs are on ``out_topic``.
+    """Time ``mover_pid`` over ``records`` already written to its input.
 
-    The reader is positioned at the end of ``out_topic`` before anything is
-    sent, and counts only keys with ``key_prefix``, so a warm-up or an earlier
-    run is never counted. It reads while the records are still being sent,
-    so the time to the first output (the pipeline's latency under a burst)
-    is measured too, twice: when the reader saw it, and, from Kafka's record
-    timestamps, when the mover wrote it. The reader shares this event loop
-    with the sender of the burst, so what it sees can lag the write by the
-    sender's turn (100-300 ms at 30,000 records); the timestamps do not: the
-    first input's is set when it is sent, each output's when the mover's
-    producer batches it (a produce round trip before it is acknowledged).
+    The mover is paused (SIGSTOP) while the records are written (to
+    ``in_topic``, or each to its own topic when ``in_topic`` is None), and the
+    clock starts when it is resumed (SIGCONT): neither mover waits for this
+    script's sender, and the reader, in this process, has nothing else to do.
+    The reader is positioned at the true end of the output topics before, and
+    the run ends when ``outputs`` says so. The first output is timed from the
+    resume to the earliest output's Kafka timestamp (set by the mover's
+    producer), and as the reader saw it.
     """
     # A short fetch wait: the embedded broker answers a waiting fetch only when
-    # its wait ends, not when data arrives (Kafka answers at once), so with
-    # aiokafka's default 500 ms the reader itself added up to half a second to
-    # the first output it saw.
+    # its wait ends, not when data arrives (Kafka answers at once).
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await consumer.start()
     await producer.start()
+    paused = False
     try:
-        await consumer.topics()  # metadata for every topic, the output one included
-        partitions = consumer.partitions_for_topic(out_topic) or set()
-        if not partitions:
-            raise RuntimeError(f"topic {out_topic} does not exist")
-        assigned = [TopicPartition(out_topic, p) for p in sorted(partitions)]
+        await consumer.topics()  # metadata for every topic, the output ones included
+        assigned = []
+        for out_topic in outputs.topics:
+            partitions = consumer.partitions_for_topic(out_topic) or set()
+            if not partitions:
+                raise RuntimeError(f"topic {out_topic} does not exist")
+            assigned += [TopicPartition(out_topic, p) for p in sorted(partitions)]
         consumer.assign(assigned)
         # From the true end, resolved before the clock starts: the embedded
         # broker lists a partition's end as its newest batch's base offset
         # plus one (streams/end_offsets.py), so seek_to_end alone re-read the
-        # previous run's last batches, and the baseline, which counts every
-        # key, counted them as its own outputs.
+        # previous run's last batches.
         listed = await consumer.end_offsets(assigned)
         ends = await fetched_end_offsets({"bootstrap_servers": bootstrap}, listed)
         for tp in assigned:
             consumer.seek(tp, ends[tp])
 
-        want = len(records)
-        started = time.perf_counter()
-        marks: dict[str, float] = {}
-
-        earliest_out: list[int] = []  # the smallest output timestamp so far (ms)
-
-        async def read() -> float:
-            seen = 0
-            last_report = started
-            while seen < want:
-                batch = await consumer.getmany(timeout_ms=50, max_records=2000)
-                for messages in batch.values():
-                    ours = [m for m in messages if m.key and m.key.startswith(key_prefix)]
-                    seen += len(ours)
-                    if ours:
-                        earliest = min(m.timestamp for m in ours)
-                        if not earliest_out or earliest < earliest_out[0]:
-                            earliest_out[:] = [earliest]
-                now = time.perf_counter()
-                for mark, share in (("first", 0.0), ("p10", 0.1), ("p90", 0.9)):
-                    if mark not in marks and seen > share * want:
-                        marks[mark] = now
-                if now - last_report >= 2.0:
-                    last_report = now
-                    say(f"    {name}: {seen}/{want} out, {seen / (now - started):.0f}/s so far")
-                if now - started > timeout:
-                    raise TimeoutError(f"{name}: only {seen}/{want} records after {timeout:g}s")
-            return time.perf_counter()
-
+        if mover_pid is not None:
+            os.kill(mover_pid, signal.SIGSTOP)
+            paused = True
         # Partitioned like the gateway does: Kafka's default hash of the ordering key.
-        in_partitions = sorted(await producer.partitions_for(in_topic))
-        reader = asyncio.create_task(read())
+        partitions_of: dict[str, list[int]] = {}
         sent = []
-        for index, r in enumerate(records):
+        for r in records:
+            topic = in_topic or r.topic
+            assert topic is not None
+            if topic not in partitions_of:
+                partitions_of[topic] = sorted(await producer.partitions_for(topic))
+            parts = partitions_of[topic]
             sent.append(
                 await producer.send(
-                    in_topic,
+                    topic,
                     value=r.value,
                     key=r.key,
-                    partition=PARTITIONER(r.ordering_key, in_partitions, in_partitions),
+                    partition=PARTITIONER(r.ordering_key, parts, parts),
                 )
             )
-            if index % 100 == 99:
-                # send() rarely waits: without this the reader (same event
-                # loop) could not look for outputs until the burst was queued.
-                await asyncio.sleep(0)
-        acks = await asyncio.gather(*sent)
-        done_at = await reader
-        first_in = min(ack.timestamp for ack in acks)
+        await asyncio.gather(*sent)
+        started, resumed_ms = time.perf_counter(), time.time() * 1000
+        if mover_pid is not None:
+            os.kill(mover_pid, signal.SIGCONT)
+            paused = False
+
+        want = outputs.want
+        marks: dict[str, float] = {}
+        earliest_out: int | None = None
+        seen, last_report = 0, started
+        while seen < want:
+            batch = await consumer.getmany(timeout_ms=50, max_records=2000)
+            for messages in batch.values():
+                stamps = outputs.take(messages)
+                if stamps and (earliest_out is None or min(stamps) < earliest_out):
+                    earliest_out = min(stamps)
+            seen = outputs.progress()
+            now = time.perf_counter()
+            if "first" not in marks and earliest_out is not None:
+                marks["first"] = now
+            for mark, share in (("p10", 0.1), ("p90", 0.9)):
+                if mark not in marks and seen > share * want:
+                    marks[mark] = now
+            if now - last_report >= 2.0:
+                last_report = now
+                say(f"    {name}: {seen}/{want} done, {seen / (now - started):.0f}/s so far")
+            if now - started > timeout:
+                raise TimeoutError(
+                    f"{name}: {seen}/{want} after {timeout:g}s; e.g. {outputs.wrong()[:3]}"
+                )
+        done_at = time.perf_counter()
+        assert earliest_out is not None
+        if isinstance(outputs, FinalStates):
+            # Not timed: a later record must not take an exact order away again.
+            settle_until = time.perf_counter() + SETTLE_SECONDS
+            while time.perf_counter() < settle_until:
+                for messages in (await consumer.getmany(timeout_ms=100)).values():
+                    outputs.take(messages)
+            outputs.progress()
         return RunResult(
             name,
             want,
             done_at - started,
             marks["first"] - started,
             marks["p90"] - marks["p10"],
-            first_written_seconds=(earliest_out[0] - first_in) / 1000,
+            first_written_seconds=(earliest_out - resumed_ms) / 1000,
         )
     finally:
+        if paused and mover_pid is not None:
+            os.kill(mover_pid, signal.SIGCONT)
         await producer.stop()
         await consumer.stop()
 
@@ -300,9 +387,11 @@ async def move(
 async def forward(bootstrap: str) -> None:
     """The baseline mover (``--forward``): consume, produce, wait for acks, commit.
 
-    Batched like hookline's stages (up to 500 records, then wait for every
-    acknowledgement) and committing every second like Faust, so the only
-    difference left is the work hookline does per record.
+    Fetching as the worker does (streams/app.py, streams/transport.py): the
+    same fetch wait, the same prefetch backoff, at most the same records per
+    poll; producing as it does (acks=all, the same linger), waiting for every
+    acknowledgement of a poll's records, and committing every second like
+    Faust, so the only difference left is the work hookline does per record.
     """
     consumer = AIOKafkaConsumer(
         BASELINE_IN,
@@ -311,14 +400,16 @@ async def forward(bootstrap: str) -> None:
         auto_offset_reset="earliest",
         enable_auto_commit=True,
         auto_commit_interval_ms=1000,
+        fetch_max_wait_ms=DEFAULT_FETCH_MAX_WAIT_MS,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=0)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=WORKER_LINGER_MS)
     await consumer.start()
+    consumer._fetcher._prefetch_backoff = PREFETCH_BACKOFF_S  # as streams/transport.py does
     await producer.start()
     announced = False
     try:
         while True:
-            batch = await consumer.getmany(timeout_ms=20, max_records=500)
+            batch = await consumer.getmany(timeout_ms=20, max_records=MAX_POLL_RECORDS)
             if not announced and consumer.assignment():
                 print(READY_LINE, flush=True)
                 announced = True
@@ -421,12 +512,14 @@ def run_baseline(
     measured: list[RunResult] = []
     try:
         say("baseline forwarder ready; warming up")
-        asyncio.run(move(bootstrap, warmup, BASELINE_IN, BASELINE_OUT, b"", "warm-up", 60))
+        warm = CountKeys([BASELINE_OUT], len(warmup), b"")
+        asyncio.run(move(bootstrap, warmup, BASELINE_IN, warm, "warm-up", 60, forwarder.pid))
         for run in range(1, runs + 1):
             say(f"  baseline run {run}/{runs}: {len(records)} records, {BASELINE_IN} -> out")
             cpu_before, machine_before = cpu_seconds(forwarder.pid), cpu_times()
+            outputs = CountKeys([BASELINE_OUT], len(records), b"")
             result = asyncio.run(
-                move(bootstrap, records, BASELINE_IN, BASELINE_OUT, b"", "baseline", timeout)
+                move(bootstrap, records, BASELINE_IN, outputs, "baseline", timeout, forwarder.pid)
             )
             result = replace(
                 result,
@@ -450,8 +543,15 @@ def run_hookline(
     logs: Path,
     profile: Path | None = None,
     profile_seconds: float = 15.0,
-) -> RunResult:
-    """One run: the same deliveries again would be (rightly) dropped as duplicates."""
+    expected: tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]
+    | None = None,
+) -> tuple[RunResult, list[Any]]:
+    """One run: the same deliveries again would be (rightly) dropped as duplicates.
+
+    ``expected`` (the warm-up's and the run's final states, for a mix) times
+    the run to exact final states; else to one ``orders.changes`` record per
+    delivery. Returns the result and the orders that did not end exact.
+    """
     raw_topic, changes_topic = topics.raw(ENVIRONMENT), topics.orders_changes(ENVIRONMENT)
     web_port = free_port()
     data_dir = logs / "data"
@@ -470,15 +570,21 @@ def run_hookline(
     with worker:
         took = worker.wait_ready(120, url=f"http://127.0.0.1:{web_port}/readyz")
         say(f"hookline worker ready in {took:.1f}s; warming up")
-        warm_prefix = f"warm-{tag}".encode()
-        asyncio.run(move(bootstrap, warmup, raw_topic, changes_topic, warm_prefix, "warm-up", 60))
-        say(f"  hookline: {len(records)} records {raw_topic} -> {changes_topic}")
         worker_pid = worker.process.pid if worker.process else None
+        warm: CountKeys | FinalStates
+        outputs: CountKeys | FinalStates
+        if expected is None:
+            warm = CountKeys([changes_topic], len(warmup), f"warm-{tag}".encode())
+            outputs = CountKeys([changes_topic], len(records), f"bench-{tag}".encode())
+        else:
+            warm = FinalStates(expected[0], len(warmup))
+            outputs = FinalStates(expected[1], len(records))
+        asyncio.run(move(bootstrap, warmup, None, warm, "warm-up", 60, worker_pid))
+        say(f"  hookline: {len(records)} records {raw_topic} -> {', '.join(outputs.topics)}")
         cpu_before, machine_before = cpu_seconds(worker_pid), cpu_times()
-        bench_prefix = f"bench-{tag}".encode()
         profiler = None if profile is None else start_profiler(worker_pid, profile, profile_seconds)
         result = asyncio.run(
-            move(bootstrap, records, raw_topic, changes_topic, bench_prefix, "hookline", timeout)
+            move(bootstrap, records, None, outputs, "hookline", timeout, worker_pid)
         )
         result = replace(
             result,
@@ -493,14 +599,48 @@ def run_hookline(
         say(f"worker counted {changes} state changes (sent {len(warmup) + len(records)})")
         sizes = worker_batch_sizes(f"http://127.0.0.1:{web_port}/metrics")
         say(f"mean events per batch: {sizes}")
-    return result
+    wrong = outputs.wrong()
+    if wrong:
+        say(f"  {len(wrong)} order(s) not exact, e.g. {wrong[:3]}")
+    return result, wrong
+
+
+def mixed_records(count: int, tag: str) -> tuple[list[RawRecord], mix.Mix]:
+    generated = mix.mix(count, tag, DEV_SOURCES)
+    records = [RawRecord(r.key, r.value, r.ordering_key, r.topic) for r in generated.records]
+    return records, generated
+
+
+@contextlib.contextmanager
+def broker_for(kind: str, logs: Path) -> Iterator[Any]:
+    """The embedded broker, or a one-node Apache Kafka (infra/kafka_cluster.py)."""
+    if kind == "embedded":
+        with EmbeddedBroker(log_path=logs / "broker.log") as broker:
+            yield broker
+        return
+    from hookline.infra.kafka_cluster import KafkaCluster
+
+    with KafkaCluster(log_dir=logs / "kafka") as cluster:
+        yield cluster
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--records", type=int, default=10000, help="records per measured run")
+    parser.add_argument("--records", type=int, default=10000, help="deliveries per measured run")
+    parser.add_argument(
+        "--input",
+        choices=("partner", "mixed"),
+        default="partner",
+        help="partner ORDER_STATUS_CHANGED only (default), or the realistic mix (bench/mix.py)",
+    )
+    parser.add_argument(
+        "--broker",
+        choices=("embedded", "kafka"),
+        default="embedded",
+        help="the embedded broker (default) or a local Apache Kafka node",
+    )
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured records per mover")
     parser.add_argument("--baseline-runs", type=int, default=3, help="baseline runs (median)")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds allowed per run")
@@ -526,19 +666,30 @@ def main() -> int:
 
     tag = uuid.uuid4().hex[:8]
     load_before = load_average()
-    say(f"encoding {args.warmup} + {args.records} raw envelopes...")
-    warmup = raw_records(args.warmup, f"warm-{tag}")
-    records = raw_records(args.records, f"bench-{tag}")
+    say(f"encoding {args.warmup} + {args.records} raw envelopes ({args.input})...")
+    expected = None
+    generated: mix.Mix | None = None
+    if args.input == "mixed":
+        warmup, warm_mix = mixed_records(args.warmup, f"warm-{tag}")
+        records, generated = mixed_records(args.records, f"bench-{tag}")
+        expected = (warm_mix.expected, generated.expected)
+        say(
+            f"mix: {len(records)} deliveries, {len(generated.expected)} orders; stories "
+            f"{dict(generated.stories)}; deliveries by kind {generated.proportions()}"
+        )
+    else:
+        warmup = raw_records(args.warmup, f"warm-{tag}")
+        records = raw_records(args.records, f"bench-{tag}")
 
     with tempfile.TemporaryDirectory(prefix="hookline-bench-") as tmp:
         logs = Path(tmp)
         say(f"pipeline benchmark; logs in {logs}")
-        with EmbeddedBroker(log_path=logs / "broker.log") as broker:
-            say(f"broker up at {broker.bootstrap_servers}")
+        with broker_for(args.broker, logs) as broker:
+            say(f"broker ({args.broker}) up at {broker.bootstrap_servers}")
             baseline = run_baseline(
                 broker.bootstrap_servers, warmup, records, args.baseline_runs, args.timeout, logs
             )
-            hookline = run_hookline(
+            hookline, wrong = run_hookline(
                 broker.bootstrap_servers,
                 warmup,
                 records,
@@ -547,6 +698,7 @@ def main() -> int:
                 logs,
                 args.profile,
                 args.profile_seconds,
+                expected,
             )
 
     load_after = load_average()
@@ -555,7 +707,9 @@ def main() -> int:
         print_json(
             {
                 "bench": "pipeline",
-                "records": args.records,
+                "input": args.input,
+                "broker": args.broker,
+                "records": len(records),
                 "records_per_s": round(hookline.rate, 1),
                 "baseline_records_per_s": round(baseline.rate, 1),
                 "ratio": round(hookline.rate / baseline.rate, 4),
@@ -566,19 +720,32 @@ def main() -> int:
                 "baseline_steal_share": round(baseline.steal_share, 4),
                 "partitions": PARTITIONS,
                 "baseline_runs": args.baseline_runs,
+                "orders": len(generated.expected) if generated else len(records),
+                "exact": not wrong,
+                "not_exact": len(wrong),
+                "stories": dict(generated.stories) if generated else None,
+                "proportions": generated.proportions() if generated else None,
                 "movers": [r.as_json(baseline) for r in (baseline, hookline)],
                 "load_average": [round(load_before, 2), round(load_after, 2)],
                 "profile": None if args.profile is None else str(args.profile),
             }
         )
-        return 0
+        return 0 if not wrong else 1
 
     print()
-    print(
-        f"pipeline: {args.records} partner ORDER_STATUS_CHANGED deliveries, {PARTITIONS} "
-        f"partitions, one worker; baseline = median of {args.baseline_runs} runs "
-        "(ratio = records/s relative to the baseline)"
+    what = (
+        "partner ORDER_STATUS_CHANGED deliveries"
+        if generated is None
+        else f"mixed deliveries ({len(generated.expected)} orders)"
     )
+    print(
+        f"pipeline: {len(records)} {what}, {PARTITIONS} partitions, one worker, "
+        f"{args.broker} broker; baseline = median of {args.baseline_runs} runs "
+        "(ratio = deliveries/s relative to the baseline); "
+        f"{'every order exact' if not wrong else f'{len(wrong)} orders NOT exact'}"
+    )
+    if generated is not None:
+        print(f"deliveries by kind: {generated.proportions()}")
     rows = [
         [
             r.name,
@@ -608,7 +775,7 @@ def main() -> int:
     ]
     print(table(headers, rows))
     print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
-    return 0
+    return 0 if not wrong else 1
 
 
 if __name__ == "__main__":
