@@ -182,6 +182,7 @@ async def redrive(
     err: TextIO,
 ) -> int:
     from hookline.core import topics
+    from hookline.raw_lookup import raw_envelopes, raw_position
     from hookline.raw_publisher import NotRepublishable, plan, publish
     from hookline.topic_reader import TopicReader
     from hookline.worker_wait import report, verdict
@@ -210,12 +211,23 @@ async def redrive(
         scanned = await reader.scan(collect, progress)
         selected = select(matching, keep)
         partitions = reader.partitions_of(raw)
+        # A letter naming its raw record keeps a redacted body: re-send the record.
+        named = {
+            letter["delivery_id"]: position
+            for letter in selected
+            if (position := raw_position(letter)) is not None
+        }
+        originals = await raw_envelopes(bootstrap, raw, named)
         outgoing, skipped = [], []
         for letter in selected:
             why = not_redrivable(letter, environment)
+            envelope = originals.get(letter["delivery_id"], letter["envelope"])
+            if why is None and letter["delivery_id"] in named and envelope is letter["envelope"]:
+                partition, offset = named[letter["delivery_id"]]
+                why = f"its raw record ({raw} partition {partition} offset {offset}) is gone"
             if why is None:
                 try:
-                    outgoing.append(plan(letter["envelope"], partitions, max_json_depth))
+                    outgoing.append(plan(envelope, partitions, max_json_depth))
                 except NotRepublishable as exc:
                     why = str(exc)
             if why is not None:

@@ -29,6 +29,10 @@ MAX_REASON = 1000
 #: Marks a dead letter whose envelope carries an internal record (a stage after
 #: intake could not apply it), not a delivery: redrive cannot re-send it.
 INTERNAL_RECORD_HEADER = "x-hookline-internal-record"
+#: Where the delivery's raw record is, "PARTITION@OFFSET" of ``<env>.webhooks.raw``:
+#: ``hookline redrive`` re-sends that record, so a letter need not keep a
+#: replayable body (docs/security.md, "Personal data").
+RAW_POSITION_HEADER = "x-hookline-raw-position"
 
 
 class Delivery(NamedTuple):
@@ -52,7 +56,22 @@ class DeadLetter:
     record: dict[str, Any]  # before encoding (for metrics and logs)
 
 
-def dead_letter(envelope: dict[str, Any], stage: str, reason: str, key: bytes) -> DeadLetter:
+def dead_letter(
+    envelope: dict[str, Any],
+    stage: str,
+    reason: str,
+    key: bytes,
+    raw_position: tuple[int, int] | None = None,
+) -> DeadLetter:
+    """The letter of a delivery (or of an internal record) a stage could not handle.
+
+    ``raw_position`` (partition, offset) of the delivery's raw record: the letter
+    then names it and keeps the body as the kind's adapter redacts it (a
+    payments token loses its signature and the payer's IBAN), since redrive
+    re-sends the raw record itself.
+    """
+    if raw_position is not None:
+        envelope = _kept_in_letter(envelope, raw_position)
     record = {
         "delivery_id": envelope["delivery_id"],
         "envelope": envelope,
@@ -64,13 +83,28 @@ def dead_letter(envelope: dict[str, Any], stage: str, reason: str, key: bytes) -
     return DeadLetter(key, codec.encode(codec.DEAD_LETTER, record), record)
 
 
+def _kept_in_letter(envelope: dict[str, Any], raw_position: tuple[int, int]) -> dict[str, Any]:
+    partition, offset = raw_position
+    headers = {**envelope["headers"], RAW_POSITION_HEADER: f"{partition}@{offset}"}
+    kept = {**envelope, "headers": headers}
+    try:
+        redact = adapter_for(envelope["kind"]).__dict__.get("redacted_body")
+    except Unmappable:
+        redact = None
+    if redact is not None:
+        kept["body"] = redact(envelope["body"])
+    return kept
+
+
 def normalize(
     raw_key: bytes | None,
     raw_value: bytes | None,
     environment: str,
     sources: Mapping[str, Source],
     max_json_depth: int = DEFAULT_MAX_DEPTH,
+    raw_position: tuple[int, int] | None = None,
 ) -> Delivery | DeadLetter:
+    """``raw_position``: the record's (partition, offset), named in its dead letter."""
     key = raw_key or b""
     try:
         if raw_value is None:
@@ -95,7 +129,7 @@ def normalize(
 
     if envelope["environment"] != environment:
         reason = f"envelope for {envelope['environment']!r} on the {environment!r} topic"
-        return dead_letter(envelope, "decode", reason, key)
+        return dead_letter(envelope, "decode", reason, key, raw_position)
     source = sources.get(envelope["source"])
     try:
         adapter = adapter_for(envelope["kind"])
@@ -116,13 +150,13 @@ def normalize(
             event["event_id"]: codec.encode(codec.CANONICAL_EVENT, event) for event in events
         }
     except Unmappable as exc:
-        return dead_letter(envelope, "normalize", str(exc) or type(exc).__name__, key)
+        reason = str(exc) or type(exc).__name__
+        return dead_letter(envelope, "normalize", reason, key, raw_position)
     except codec.CodecError as exc:
-        return dead_letter(
-            envelope, "normalize", f"a canonical event cannot be encoded: {exc}", key
-        )
-    except Exception as exc:
-        return dead_letter(envelope, "normalize", unexpected(exc), key)
+        reason = f"a canonical event cannot be encoded: {exc}"
+        return dead_letter(envelope, "normalize", reason, key, raw_position)
+    except Exception as exc:  # a record never stops the stage
+        return dead_letter(envelope, "normalize", unexpected(exc), key, raw_position)
 
     return Delivery(
         envelope=envelope,

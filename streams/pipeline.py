@@ -371,12 +371,14 @@ class EnvironmentPipeline:
                 if held.holds(event):
                     continue
                 try:
+                    position = (event.message.partition, event.message.offset)
                     result = normalize(
                         event.key,
                         event.value,
                         self.env,
                         self.sources,
                         self.config.max_json_depth,
+                        position,
                     )
                 except codec.UnknownSchema as exc:
                     held.hold(event, exc, "raw record")
@@ -410,13 +412,13 @@ class EnvironmentPipeline:
                     continue
                 if seen is Seen.CONFLICT:
                     reason = conflict_reason(result.dedup_key, entry)
-                    letter = dead_letter(envelope, "dedup", reason, event.key or b"")
+                    letter = dead_letter(envelope, "dedup", reason, event.key or b"", position)
                     batch.send(self.deadletter, letter.key, letter.value)
                     letters.append(letter.record)
                     self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
                     continue
                 for reason in self._route(batch, event, result, counted, orders):
-                    letter = dead_letter(envelope, "orders", reason, event.key or b"")
+                    letter = dead_letter(envelope, "orders", reason, event.key or b"", position)
                     batch.send(self.deadletter, letter.key, letter.value)
                     letters.append(letter.record)
                 if orders.full:

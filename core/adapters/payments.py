@@ -8,7 +8,9 @@ Every assumption about this provider's payload lives in this file.
 
 from __future__ import annotations
 
+import base64
 import functools
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -70,6 +72,47 @@ def _decode(token: str) -> dict[str, Any]:
         return loads_object(payload["payload"], DEFAULT_MAX_DEPTH)
     except NotAJsonObject as exc:
         raise Unmappable(f"JWT claims: {str(exc).replace('body', 'claims')}") from None
+
+
+#: Claims that are the payer's personal data, masked where hookline keeps a copy
+#: for people to read (a dead letter); the raw record keeps the delivery whole.
+PERSONAL_CLAIMS = (("paymentDetails", "debtorIban"),)
+
+
+def redacted_body(body: bytes) -> bytes:
+    """The body as a dead letter keeps it: the token without its signature (it can
+    no longer be posted to any gateway) and its personal claims masked.
+
+    Only the claims remain readable, for an operator to see why the delivery
+    was refused; ``hookline redrive`` re-sends the raw record itself
+    (docs/security.md, "Personal data").
+    """
+    try:
+        token = loads_object(body, DEFAULT_MAX_DEPTH)["token"]
+        header, payload, _signature = token.split(".")
+        claims = loads_object(_b64decode(payload), DEFAULT_MAX_DEPTH)
+    except (NotAJsonObject, KeyError, ValueError, AttributeError, TypeError):
+        return b'{"token": null, "redacted": "not a readable JWT"}'
+    for path in PERSONAL_CLAIMS:
+        holder: Any = claims
+        for step in path[:-1]:
+            holder = holder.get(step) if isinstance(holder, dict) else None
+        if isinstance(holder, dict) and isinstance(holder.get(path[-1]), str):
+            holder[path[-1]] = _masked(holder[path[-1]])
+    unsigned = f"{header}.{_b64encode(json.dumps(claims).encode())}."
+    return json.dumps({"token": unsigned, "redacted": "signature and personal claims"}).encode()
+
+
+def _masked(value: str) -> str:
+    return value[:4] + "*" * max(len(value) - 8, 0) + value[-4:] if len(value) > 8 else "****"
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _b64encode(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 def dedup_identity(document: dict[str, Any], ignore: Sequence[str]) -> tuple[str, str]:

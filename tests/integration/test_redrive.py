@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hookline.core.adapters import payments
 from hookline.core.settings import DEV_SOURCES
 from hookline.infra.broker import free_port
 
@@ -27,6 +28,7 @@ from tests.support.broker import running_broker
 from tests.support.kafka import Record, read_topics
 from tests.support.operator import hookline, patched_worker, produce_raw
 from tests.support.patched_worker import APPROVED
+from tests.support.signing import DEV, payments_body
 
 RAW = "production.webhooks.raw"
 DEADLETTER = "production.webhooks.deadletter"
@@ -233,3 +235,44 @@ def test_errors_are_one_line(env: dict[str, str]) -> None:
         assert result.returncode == 2, (args, result.stderr)
         assert message in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
+
+
+async def test_a_payments_letter_keeps_no_replayable_token_and_redrive_resends_the_raw_record(
+    env: dict[str, str], stock_worker: Any
+) -> None:
+    """docs/security.md, personal data: the letter's token has no signature and the
+    payer's IBAN masked; redrive re-sends the raw record, byte for byte."""
+    bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+    since = iso_ms(int(time.time() * 1000) - 1000)
+    claims = traffic.payment_claims(traffic.unique("tr"), "refunded")  # a status nobody maps
+    iban = claims["paymentDetails"]["debtorIban"]
+    body = payments_body(claims, DEV["PAYMENTS_SECRET"])
+    (produced,) = await produce_raw(bootstrap, [("payments", body, int(time.time() * 1000))])
+    records = await read_topics(
+        bootstrap,
+        RAW,
+        DEADLETTER,
+        until=lambda rs: any(r.topic == DEADLETTER and r.key == produced.delivery_id for r in rs),
+        timeout=45,
+        idle=0.2,
+    )
+    (original,) = [r for r in records if r.topic == RAW and r.key == produced.delivery_id]
+    (letter,) = letters_for(records, {produced.delivery_id})
+    token = json.loads(letter["envelope"]["body"])["token"]
+    assert token.endswith(".")  # no signature: no gateway accepts it again
+    kept = payments.claims({"token": token})
+    assert kept["orderReference"] == claims["orderReference"]
+    masked = kept["paymentDetails"]["debtorIban"]
+    assert masked != iban
+    assert (masked[:4], masked[-4:]) == (iban[:4], iban[-4:])  # still recognisable
+    assert letter["envelope"]["headers"]["x-hookline-raw-position"] == (
+        f"{original.partition}@{original.offset}"
+    )
+
+    redriven = hookline(env, "redrive", "--env", "production", "--since", since)
+    assert redriven.returncode == 0, redriven.stderr
+    assert "1 deliveries selected, re-publishing 1" in redriven.stderr, redriven.stderr
+    assert "1 dead-lettered again" in redriven.stderr, redriven.stderr
+    raw = await read_topics(bootstrap, RAW, idle=0.5)
+    copies = [r.value for r in raw if r.key == produced.delivery_id]
+    assert copies == [original.value, original.value]  # the raw record itself, not the letter's

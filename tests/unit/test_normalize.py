@@ -9,12 +9,18 @@ from typing import Any
 
 import jwt
 import pytest
-from hookline.core.adapters import adapter_for
+from hookline.core.adapters import adapter_for, payments
 from hookline.core.events import DeliveryContext
 from hookline.core.sources import DEFAULT_DEDUP_WINDOW_MS, Source
 from hookline.gateway.envelope import new_delivery_id, raw_envelope
 from hookline.schemas import codec
-from hookline.streams.normalize import DeadLetter, Delivery, dead_letter, normalize
+from hookline.streams.normalize import (
+    RAW_POSITION_HEADER,
+    DeadLetter,
+    Delivery,
+    dead_letter,
+    normalize,
+)
 
 from tests.unit.helpers import T0, payload, payload_bytes, source
 
@@ -407,3 +413,39 @@ def test_dead_letter_reason_is_bounded() -> None:
     assert record == letter.record
     assert record["reason"] == ("conflict: " + "x" * 5000)[:1000]
     assert (record["stage"], letter.key, record["envelope"]) == ("dedup", b"k", envelope)
+
+
+def test_a_payments_letter_keeps_the_claims_without_signature_or_iban() -> None:
+    """docs/security.md, personal data: redrive re-sends the raw record it names."""
+    claims = dict(CLAIMS, paymentStatus="refunded")  # unmapped: dead-lettered
+    key, value, _ = raw("payments", payments_body(**claims))
+    result = normalize(key, value, "production", SOURCES, raw_position=(3, 41))
+    record = dead(result, "normalize")
+    kept = record["envelope"]
+    assert kept["headers"][RAW_POSITION_HEADER] == "3@41"
+    token = json.loads(kept["body"])["token"]
+    assert token.count(".") == 2
+    assert token.endswith(".")  # no signature
+    iban = CLAIMS["paymentDetails"]["debtorIban"]
+    read = payments.claims({"token": token})
+    assert read["paymentDetails"]["debtorIban"] == iban[:4] + "*" * (len(iban) - 8) + iban[-4:]
+    assert {k: v for k, v in read.items() if k != "paymentDetails"} == {
+        k: v for k, v in claims.items() if k != "paymentDetails"
+    }
+    assert iban.encode() not in result.value
+
+
+def test_a_letter_without_a_raw_position_keeps_the_body_as_received() -> None:
+    claims = dict(CLAIMS, paymentStatus="refunded")
+    key, value, envelope = raw("payments", payments_body(**claims))
+    record = dead(run(key, value), "normalize")
+    assert record["envelope"]["body"] == envelope["body"]
+    assert RAW_POSITION_HEADER not in record["envelope"]["headers"]
+
+
+def test_other_kinds_keep_their_body_in_a_letter() -> None:
+    body = payload_bytes("partner-order-status.json").replace(b"ORDER_STATUS", b"ORDER_ODD")
+    key, value, envelope = raw("partner", body)
+    record = dead(normalize(key, value, "production", SOURCES, raw_position=(0, 7)), "normalize")
+    assert record["envelope"]["body"] == envelope["body"]
+    assert record["envelope"]["headers"][RAW_POSITION_HEADER] == "0@7"
