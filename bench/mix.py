@@ -32,7 +32,7 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from typing import Any
 
@@ -57,6 +57,7 @@ class Delivery:
     body: bytes
     label: str  # what it is, for the printed proportions
     retry: bool = False
+    story: int = 0  # deliveries of one story must arrive in order
 
 
 @dataclass(frozen=True)
@@ -195,12 +196,13 @@ def deliveries(
         story, want = _story(kind, tag, len(sequences), rng, secrets)
         with_retries: list[Delivery] = []
         for delivery in story:
+            delivery = replace(delivery, story=len(sequences))
             with_retries.append(delivery)
             if rng.random() < RETRY_SHARE / (1 - RETRY_SHARE):  # of all deliveries
                 body = delivery.body
                 if rng.random() < RESERIALIZED_SHARE:
                     body = reserialized(body)
-                with_retries.append(Delivery(delivery.source, body, "retry", retry=True))
+                with_retries.append(replace(delivery, body=body, label="retry", retry=True))
         sequences.append(with_retries)
         expected.update(want)
         stories[kind] += 1
