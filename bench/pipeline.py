@@ -293,13 +293,18 @@ async def move(
     await producer.start()
     paused = False
     try:
-        await consumer.topics()  # metadata for every topic, the output ones included
-        assigned = []
-        for out_topic in outputs.topics:
-            partitions = consumer.partitions_for_topic(out_topic) or set()
-            if not partitions:
-                raise RuntimeError(f"topic {out_topic} does not exist")
-            assigned += [TopicPartition(out_topic, p) for p in sorted(partitions)]
+        assigned: list[TopicPartition] = []
+        deadline = time.monotonic() + 30  # Kafka's metadata lags a topic's creation
+        while not assigned:
+            await consumer.topics()  # metadata for every topic, the output ones included
+            found = {t: consumer.partitions_for_topic(t) or set() for t in outputs.topics}
+            missing = [t for t, partitions in found.items() if not partitions]
+            if not missing:
+                assigned = [TopicPartition(t, p) for t, ps in found.items() for p in sorted(ps)]
+            elif time.monotonic() > deadline:
+                raise RuntimeError(f"topic(s) {', '.join(missing)} do not exist")
+            else:
+                await asyncio.sleep(0.5)
         consumer.assign(assigned)
         # From the true end, resolved before the clock starts: the embedded
         # broker lists a partition's end as its newest batch's base offset
