@@ -10,7 +10,6 @@ one row per order of ``orders.state`` with the latest record's values, and
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -19,13 +18,10 @@ from typing import Any
 
 import httpx
 import pytest
-from hookline.core.settings import DEV_SOURCES
-from hookline.infra.broker import free_port
 from hookline.infra.processes import ServiceProcess
 from pyiceberg.catalog.sql import SqlCatalog
 
-from tests.conftest import hookline_env
-from tests.support import traffic
+from tests.support import processes, traffic
 from tests.support.broker import TestBroker
 from tests.support.kafka import Record, latest_by_key, read_topics
 from tests.support.signing import DEV, hmac_signature, payments_body
@@ -37,44 +33,13 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 def service(
     broker: TestBroker, log_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Any]]:
-    warehouse = tmp_path_factory.mktemp("run-warehouse")
-    env = hookline_env(
+    with processes.run_with_sink(
         broker.bootstrap_servers,
+        log_dir,
         tmp_path_factory.mktemp("run-data"),
-        HOOKLINE_SOURCES=str(DEV_SOURCES),
-        HOOKLINE_WAREHOUSE=str(warehouse),
-        HOOKLINE_SINK_COMMIT_INTERVAL="0.5",
-    )
-    gateway, worker, sink = free_port(), free_port(), free_port()
-    run = ServiceProcess(
-        "run",
-        [
-            sys.executable,
-            "-m",
-            "hookline",
-            "run",
-            "--port",
-            str(gateway),
-            "--worker-web-port",
-            str(worker),
-            "--sink-web-port",
-            str(sink),
-        ],
-        env,
-        log_dir / f"run-{gateway}.log",
-        f"http://127.0.0.1:{worker}/readyz",
-    ).start(timeout=90)
-    try:
-        run.wait_ready(30, f"http://127.0.0.1:{gateway}/healthz")
-        run.wait_ready(30, f"http://127.0.0.1:{sink}/metrics")
-        yield {
-            "run": run,
-            "gateway": f"http://127.0.0.1:{gateway}",
-            "warehouse": warehouse,
-            "bootstrap": broker.bootstrap_servers,
-        }
-    finally:
-        run.stop()
+        tmp_path_factory.mktemp("run-warehouse"),
+    ) as running:
+        yield running
 
 
 async def post(client: httpx.AsyncClient, source: str, body: bytes) -> None:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from hookline.core.settings import DEV_SOURCES
 from hookline.infra.broker import free_port
 from hookline.infra.processes import ServiceProcess
 
@@ -44,3 +48,44 @@ def worker(env: dict[str, str], log_dir: Path, web_port: int | None = None) -> S
         url,
         "/readyz",
     )
+
+
+@contextlib.contextmanager
+def run_with_sink(
+    bootstrap: str, log_dir: Path, data_dir: Path, warehouse: Path
+) -> Iterator[dict[str, Any]]:
+    """``hookline run`` (gateway, worker, sink) on an existing broker, every part ready.
+
+    Yields ``run`` (the process), ``gateway`` (its URL), ``warehouse`` and ``bootstrap``.
+    """
+    from tests.conftest import hookline_env
+
+    env = hookline_env(
+        bootstrap,
+        data_dir,
+        HOOKLINE_SOURCES=str(DEV_SOURCES),
+        HOOKLINE_WAREHOUSE=str(warehouse),
+        HOOKLINE_SINK_COMMIT_INTERVAL="0.5",
+    )
+    gateway, worker, sink = free_port(), free_port(), free_port()
+    run = ServiceProcess(
+        "run",
+        [
+            *(sys.executable, "-m", "hookline", "run", "--port", str(gateway)),
+            *("--worker-web-port", str(worker), "--sink-web-port", str(sink)),
+        ],
+        env,
+        log_dir / f"run-{gateway}.log",
+        f"http://127.0.0.1:{worker}/readyz",
+    ).start(timeout=90)
+    try:
+        run.wait_ready(30, f"http://127.0.0.1:{gateway}/healthz")
+        run.wait_ready(30, f"http://127.0.0.1:{sink}/metrics")
+        yield {
+            "run": run,
+            "gateway": f"http://127.0.0.1:{gateway}",
+            "warehouse": warehouse,
+            "bootstrap": bootstrap,
+        }
+    finally:
+        run.stop()
