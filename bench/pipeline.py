@@ -293,18 +293,14 @@ async def move(
     await producer.start()
     paused = False
     try:
-        assigned: list[TopicPartition] = []
-        deadline = time.monotonic() + 30  # Kafka's metadata lags a topic's creation
-        while not assigned:
-            await consumer.topics()  # metadata for every topic, the output ones included
-            found = {t: consumer.partitions_for_topic(t) or set() for t in outputs.topics}
-            missing = [t for t, partitions in found.items() if not partitions]
-            if not missing:
-                assigned = [TopicPartition(t, p) for t, ps in found.items() for p in sorted(ps)]
-            elif time.monotonic() > deadline:
-                raise RuntimeError(f"topic(s) {', '.join(missing)} do not exist")
-            else:
-                await asyncio.sleep(0.5)
+        # The producer asks the cluster for each topic's metadata (the
+        # consumer's cached metadata need not list topics created after it
+        # connected) and waits for it.
+        assigned = [
+            TopicPartition(t, p)
+            for t in outputs.topics
+            for p in sorted(await asyncio.wait_for(producer.partitions_for(t), 30))
+        ]
         consumer.assign(assigned)
         # From the true end, resolved before the clock starts: the embedded
         # broker lists a partition's end as its newest batch's base offset
