@@ -70,12 +70,6 @@ def letters_for(records: list[Record], delivery_ids: set[str]) -> list[dict[str,
     return [r.value for r in records if r.topic == DEADLETTER and r.key in delivery_ids]
 
 
-@pytest.mark.xfail_on_kafka(
-    "issue 25: hookline/topic_reader.py takes partitions from "
-    "consumer.partitions_for_topic() after consumer.topics(); on Kafka that metadata "
-    "has no topics (Tansu lists all), so it assigns nothing and seek_to_beginning "
-    "asserts 'No partitions are currently assigned'"
-)
 async def test_redrive_after_adapter_change(
     env: dict[str, str], log_dir: Path, stock_worker: Any
 ) -> None:

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
 from hookline.core.settings import DEV_SOURCES
 from hookline.infra.broker import free_port
 from hookline.streams.dedup import REPLAY_HEADER
@@ -62,12 +61,6 @@ def reached(records: list[Record], wanted: dict[str, dict[str, object]]) -> bool
     )
 
 
-@pytest.mark.xfail_on_kafka(
-    "issue 25: hookline/topic_reader.py takes partitions from "
-    "consumer.partitions_for_topic() after consumer.topics(); on Kafka that metadata "
-    "has no topics (Tansu lists all), so it assigns nothing and seek_to_beginning "
-    "asserts 'No partitions are currently assigned'"
-)
 async def test_replay_of_a_time_range(broker: TestBroker, log_dir: Path, tmp_path: Path) -> None:
     env = hookline_env(broker.bootstrap_servers, tmp_path, HOOKLINE_SOURCES=str(DEV_SOURCES))
     bootstrap = broker.bootstrap_servers
