@@ -191,9 +191,9 @@ def live_brokers(host: str, port: int, timeout: float = 1.0) -> int:
             sock.sendall(struct.pack(">i", len(body)) + body)
             size = struct.unpack(">i", _read(sock, 4))[0]
             answer = _read(sock, size)
+            correlation, _throttle, brokers = struct.unpack(">iii", answer[:12])
     except (OSError, struct.error):
         return -1
-    correlation, _throttle, brokers = struct.unpack(">iii", answer[:12])
     return brokers if correlation == 11 else -1
 
 
