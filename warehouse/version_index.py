@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
-CACHE_MB = 256  # about 5 million orders' entries
+CACHE_MB = 256  # about 6 million orders' entries
 _NO_SNAPSHOT = 0  # ``synced`` of an index made from a table without snapshots
 
 Latest = tuple[int, datetime]  # (version, time of the row that holds it)
