@@ -67,7 +67,11 @@ class VersionIndex:
         self.path = path
         self.key, self.version, self.time_column = key, version, time_column
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # Two sinks of one warehouse on one machine share the file: a writer
+        # takes the lock up front (BEGIN IMMEDIATE) and the other waits for it.
+        self._db = sqlite3.connect(
+            path, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
         # WAL and NORMAL sync: a power cut may lose the last transaction, which
         # the next sync re-reads from the table (the index is only a cache).
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -145,7 +149,7 @@ class VersionIndex:
     def _rebuild(self, table: Table) -> None:
         self.rebuilds += 1
         log.info("rebuilding %s from the whole table", self.path.name)
-        self._db.execute("BEGIN")
+        self._db.execute("BEGIN IMMEDIATE")
         self._db.execute("DELETE FROM latest")
         self._db.execute("DELETE FROM meta")
         self._db.execute("COMMIT")
@@ -161,7 +165,7 @@ class VersionIndex:
         if snapshot is None:
             current = table.current_snapshot()
             snapshot = _NO_SNAPSHOT if current is None else current.snapshot_id
-        self._db.execute("BEGIN")
+        self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany(
                 "INSERT INTO latest (k, version, at) VALUES (?, ?, ?) "

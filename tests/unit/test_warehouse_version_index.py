@@ -111,3 +111,17 @@ def test_compaction_and_expiry_keep_the_index_exact(catalog: Catalog, tmp_path: 
     assert (result.rows_written, result.stale) == (1, 1)
     assert table_rows(writer) == [("o0", 2), ("o1", 1), ("o2", 1)]
     assert writer.index.rebuilds == 2
+
+
+def test_two_writers_sharing_one_index_file_keep_one_row_per_order(catalog: Catalog) -> None:
+    # Two sinks of one warehouse on one machine: the default path, one file.
+    first = TableWriter(catalog, ORDERS_STATE, "production")
+    second = TableWriter(catalog, ORDERS_STATE, "production")
+    first.commit({0: PartitionBatch(None, 2, [state("o1", 1), state("o2", 1)])})
+    second.commit({1: PartitionBatch(None, 1, [state("o1", 2, T0 + HOUR)])})
+    result = first.commit({0: PartitionBatch(2, 4, [state("o2", 2), state("o1", 2)])})
+    assert (result.rows_written, result.stale) == (1, 1)
+    second.commit({1: PartitionBatch(1, 2, [state("o3", 1)])})
+    assert table_rows(first) == [("o1", 2), ("o2", 2), ("o3", 1)]
+    assert first.index.path == second.index.path
+    assert first.index.lookup(["o1", "o2", "o3"]).keys() == {"o1", "o2", "o3"}
