@@ -18,7 +18,11 @@ state record is found through ``orders.changes``: the change of
 (order, version) names its ``cause.delivery_id``. The run ends when every
 order's latest state is the one its deliveries lead to, which is checked.
 
-    .venv/bin/python bench/e2e.py [--records 10000] [--max-requests 3000] [--json]
+    .venv/bin/python bench/e2e.py [--records 10000] [--max-requests 3000] [--rate-share 0.5]
+        [--json]
+
+``--rate-share`` posts at another share of the maximum, to see how the
+latency grows with the rate.
 
 ``--json``: the common fields (bench/README.md; ``records_per_s`` is the
 posted rate, ``baseline_records_per_s`` the closed-loop maximum, ``ratio``
@@ -267,7 +271,7 @@ async def measure(
     maximum = await closed_loop(
         port, [request_bytes(d, port, secrets) for d in probe], args.concurrency
     )
-    rate = maximum / 2
+    rate = maximum * args.rate_share
     say(f"  {maximum:.0f} deliveries/s; posting {len(measured)} at {rate:.0f}/s")
     reader = Reader(bootstrap, ["production", "sandbox"])
     await reader.start()
@@ -311,6 +315,12 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=10000, help="deliveries posted (measured)")
     parser.add_argument("--max-requests", type=int, default=3000, help="deliveries to find the max")
     parser.add_argument("--concurrency", type=int, default=32, help="keep-alive connections")
+    parser.add_argument(
+        "--rate-share",
+        type=float,
+        default=0.5,
+        help="post at this share of the gateway's measured maximum (default 0.5)",
+    )
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for states")
     parser.add_argument("--json", action="store_true", help="print one JSON document")
     args = parser.parse_args()
@@ -366,6 +376,7 @@ def main() -> int:
         "states": len(found),
         "orders": result["orders"],
         "stories": result["stories"],
+        "rate_share": args.rate_share,
         "late_starts": result["late"],
         "exact": not result["wrong"],
         "not_exact": len(result["wrong"]),
