@@ -1,27 +1,37 @@
-"""End-to-end worker throughput: raw records in, ``orders.changes`` records out.
+"""Worker throughput: raw records in, order changes and states out, against a passthrough.
 
-Why a baseline: a Kafka-to-Kafka hop on an embedded broker and two cores has
-a cost of its own that hookline cannot beat. The baseline is that cost: a
+Why a baseline: a Kafka-to-Kafka hop on a shared two-core machine has a
+cost of its own that hookline cannot beat. The baseline is that cost: a
 plain aiokafka loop that consumes one topic and produces every record to
-another (acks=all, waiting for each batch's acknowledgements, committing
-every second: what a Faust agent does too) over the same records. The ratio
-``hookline / baseline`` is then the share of bare Kafka throughput that is
-left after hookline's stages (intake: normalize, dedup and, for these
-deliveries, the order state; transactions), its tables and its extra output
-topics.
+another over the same records, with the worker's client settings (fetch
+wait, prefetch backoff, records per poll, acks=all, linger; see
+:func:`forward`), waiting for each poll's acknowledgements and committing
+every second as a Faust agent does. The ratio ``hookline / baseline`` is
+the share of bare Kafka throughput left after hookline's stages, tables and
+extra output topics.
 
-What runs: an embedded broker (Tansu), one ``hookline worker`` (memory
-store, 4 partitions) and, for the baseline, this script again as a
-``--forward`` child process, so both movers are separate processes and the
-producer/consumer measuring them is this process in both cases.
+What runs: a broker (the embedded Tansu, or with ``--broker kafka`` a
+one-node Apache Kafka), one ``hookline worker`` (memory store, 4
+partitions) and, for the baseline, this script again as a ``--forward``
+child process, so both movers are separate processes and the producer and
+consumer measuring them is this process in both cases.
 
-The input is N partner ``ORDER_STATUS_CHANGED`` deliveries for N distinct
-orders, encoded and partitioned exactly as the gateway writes them to
-``production.webhooks.raw``; each yields exactly one
-``production.orders.changes`` record (version 1). The clock runs from the
-first record sent to the N-th record read back.
+How both are timed (:func:`move`): the mover is paused (SIGSTOP), the
+records are written to its input, and the clock starts when it resumes
+(SIGCONT), so neither is limited by this script's sender.
 
-    .venv/bin/python bench/pipeline.py [--records 10000] [--json] [--profile FILE]
+The input, encoded and partitioned exactly as the gateway writes it:
+
+- ``--input partner`` (default): N partner ``ORDER_STATUS_CHANGED``
+  deliveries for N distinct orders, each yielding one
+  ``production.orders.changes`` record; the clock stops at the N-th;
+- ``--input mixed``: the realistic mix of bench/mix.py, its proportions
+  printed; the clock stops when every order's latest ``orders.state`` is the
+  state its deliveries lead to, checked again a second later (exit code 1
+  when an order is not exact).
+
+    .venv/bin/python bench/pipeline.py [--records 10000] [--input partner|mixed]
+        [--broker embedded|kafka] [--json] [--profile FILE]
 
 ``--json`` prints one JSON document on stdout instead of the table (fields in
 bench/README.md); ``--profile FILE`` attaches py-spy (raw/collapsed stacks) to
