@@ -31,8 +31,8 @@ bench/README.md): the common fields at the top level are the first
 ``--batch-rows`` value's run (the sink's default, 50000, unless told
 otherwise), and every value's run is in ``results``. Its ``cpu_ms_per_record``
 counts the sink's CPU from the clock's start only, as the other benches count
-their process's CPU during the measured run; the table's ``CPU ms/rec`` keeps
-start-up included, as docs/performance.md's numbers were taken.
+their process's CPU during the measured run (docs/performance.md quotes
+it); the table's ``CPU ms/rec`` keeps start-up included.
 """
 
 from __future__ import annotations
