@@ -12,6 +12,7 @@ import asyncio
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
@@ -130,6 +131,24 @@ async def partition_counts(
         for topic in described
         if topic["topic"] in wanted and topic.get("error_code", 0) == 0 and topic["partitions"]
     }
+
+
+async def partitions_of(
+    consumer: Any, bootstrap: str, names: Iterable[str], timeout_s: float = 30.0
+) -> dict[str, list[int]]:
+    """The partition ids of each topic in ``names``, for a consumer that assigns them.
+
+    The consumer's metadata first; for a topic it does not know, the cluster
+    itself: a consumer with no subscription may hold metadata of no topic at
+    all (Apache Kafka answers a Metadata request for the topics asked; Tansu
+    lists every topic), and one that assigned nothing would read nothing.
+    """
+    found = {name: sorted(consumer.partitions_for_topic(name) or ()) for name in names}
+    lacking = [name for name, partitions in found.items() if not partitions]
+    if lacking:
+        counts = await partition_counts(bootstrap, lacking, timeout_s)
+        found.update({name: list(range(counts.get(name, 0))) for name in lacking})
+    return found
 
 
 async def ensure_topics(

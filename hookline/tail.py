@@ -240,6 +240,8 @@ async def tail(
     from aiokafka import AIOKafkaConsumer, TopicPartition
     from aiokafka.errors import KafkaError
 
+    from hookline.core.topics import partitions_of
+
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -261,7 +263,7 @@ async def tail(
             raise TailError(
                 f"no topic {topic!r} on {bootstrap}; topics there: {', '.join(known) or 'none'}"
             )
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
+        partitions = (await partitions_of(consumer, bootstrap, [topic], connect_timeout_s))[topic]
         tps = [TopicPartition(topic, p) for p in partitions]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)

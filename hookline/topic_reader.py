@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import Any
 
-from hookline.core.topics import partition_counts
+from hookline.core.topics import partitions_of
 from hookline.progress import Progress
 
 FETCH_MS = 500
@@ -83,20 +83,13 @@ class TopicReader:
         self._consumer = consumer
         # Now, while the metadata is the whole cluster's: after assign() the
         # client keeps only the assigned topic's.
-        self._partitions = {
-            t: sorted(consumer.partitions_for_topic(t) or ())
-            for t in (self.topic, *self.also_required)
-        }
-        lacking = [t for t, partitions in self._partitions.items() if not partitions]
-        if lacking:
-            # A consumer with no subscription may refresh its metadata with no
-            # topic at all (Apache Kafka): ask the cluster itself.
-            try:
-                counts = await partition_counts(self.bootstrap, lacking, self.connect_timeout_s)
-            except (KafkaError, OSError, TimeoutError) as exc:
-                await self.__aexit__(None, None, None)
-                raise ReadError(f"cannot describe {', '.join(lacking)}: {exc}") from None
-            self._partitions.update({t: list(range(counts.get(t, 0))) for t in lacking})
+        try:
+            self._partitions = await partitions_of(
+                consumer, self.bootstrap, (self.topic, *self.also_required), self.connect_timeout_s
+            )
+        except (KafkaError, OSError, TimeoutError) as exc:
+            await self.__aexit__(None, None, None)
+            raise ReadError(f"cannot describe {self.topic}: {exc}") from None
         self._tps = [TopicPartition(self.topic, p) for p in self._partitions[self.topic]]
         consumer.assign(self._tps)
         await consumer.seek_to_beginning(*self._tps)

@@ -79,13 +79,6 @@ async def _topic_with(bootstrap: str, records: list[tuple[str, bytes | None, int
 
 
 #: Product defect, not a test one (docs/brokers.md).
-KAFKA_PARTITIONS_BUG = (
-    "issue 25: hookline/tail.py takes partitions from consumer.partitions_for_topic() "
-    "after consumer.topics(); on Kafka that metadata has no topics (Tansu lists all), "
-    "so tail assigns nothing and fails or prints nothing"
-)
-
-
 def _tail(broker: TestBroker, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = hookline_env(broker.bootstrap_servers, tmp_path)
     return subprocess.run(
@@ -117,7 +110,6 @@ async def two_versions(broker: TestBroker) -> tuple[str, str, str]:
     return name, a, b
 
 
-@pytest.mark.xfail_on_kafka(KAFKA_PARTITIONS_BUG)
 async def test_tail_order_filter_on_a_topic_with_two_schema_versions(
     broker: TestBroker, tmp_path: Path, two_versions: tuple[str, str, str]
 ) -> None:
@@ -142,7 +134,6 @@ async def test_tail_order_filter_on_a_topic_with_two_schema_versions(
     assert sorted(line["key"] for line in everything) == sorted([a, a, b])
 
 
-@pytest.mark.xfail_on_kafka(KAFKA_PARTITIONS_BUG)
 async def test_tail_transaction_and_since_filters(
     broker: TestBroker, tmp_path: Path, two_versions: tuple[str, str, str]
 ) -> None:
@@ -154,7 +145,6 @@ async def test_tail_transaction_and_since_filters(
     assert _lines(_tail(broker, tmp_path, topic, "--order", a, "--since", "2h").stdout)
 
 
-@pytest.mark.xfail_on_kafka(KAFKA_PARTITIONS_BUG)
 async def test_tail_follow_prints_records_produced_later(
     broker: TestBroker, tmp_path: Path, two_versions: tuple[str, str, str]
 ) -> None:
