@@ -391,7 +391,6 @@ class EnvironmentPipeline:
                 key = result.dedup_key.encode()
                 try:
                     entry = batch.get(event, key)
-                    self._read_orders(orders, event, result.events)
                 except codec.UnknownSchema as exc:
                     held.hold(event, exc, "table record")
                     continue
@@ -416,6 +415,11 @@ class EnvironmentPipeline:
                     batch.send(self.deadletter, letter.key, letter.value)
                     letters.append(letter.record)
                     self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
+                    continue
+                try:
+                    self._read_orders(orders, event, result.events)
+                except codec.UnknownSchema as exc:
+                    held.hold(event, exc, "table record")
                     continue
                 for reason in self._route(batch, event, result, counted, orders):
                     letter = dead_letter(envelope, "orders", reason, event.key or b"", position)
