@@ -1,11 +1,15 @@
 """Which input record a worker must deliver next, per partition.
 
-An input topic (``raw``, ``transaction-facts``, ``order-inputs``) is neither
-compacted nor written in transactions, so its offsets have no holes: after
-delivering offset ``n`` the next record to deliver is ``n + 1``. Faust reads a
-jump as a hole in the log (a compacted record, a transaction marker) and
-counts the missing offsets as acknowledged; its next commit then moves past
-records nobody processed. Jumps did happen, on the hand-over of a dead or
+An input topic's offsets may have holes: transaction markers (the worker's
+own exactly-once writes to ``transaction-facts`` and ``order-inputs``, a
+transactional upstream writer of ``raw``, MirrorMaker 2), records of aborted
+transactions a ``read_committed`` consumer never sees, compaction. So a
+record past the expected offset is a hole in the log (:attr:`Verdict.GAP`:
+delivered, and the missing offsets are counted as acknowledged) *unless*
+records of that partition are known to have been dropped after delivery
+(:meth:`rewind`): then the partition is strict until the earliest dropped
+record comes back, and a jump means records were skipped. Jumps of that
+kind did happen, on the hand-over of a dead or
 evicted member's partitions: records fetched while the tables were being
 recovered were dropped from the stages' queues, and the position they had
 moved to was kept when aiokafka's ``seek_to_committed`` left alone every
@@ -14,8 +18,9 @@ tests saw it as lost orders (docs/design.md).
 
 So the consumer keeps the next expected offset of each input partition
 (:class:`Positions`, pure, unit-tested), set when Faust seeks and advanced by
-each delivery. A record beyond it is not delivered: the partition is sought
-back to the expected offset and read again (:attr:`Verdict.SKIPPED`); records
+each delivery. In a strict partition a record beyond it is not delivered: the
+partition is sought back to the expected offset and read again
+(:attr:`Verdict.SKIPPED`); records
 of the partition that were fetched before the seek took effect are dropped
 meanwhile (:attr:`Verdict.RESUMING`). Records dropped last, with nothing
 after them to show the jump, are found by comparing the client's fetch
@@ -58,6 +63,7 @@ P = TypeVar("P")  # a topic partition
 
 class Verdict(enum.Enum):
     DELIVER = "deliver"
+    GAP = "gap"  # past the expected offset, across a hole in the log: deliver
     SKIPPED = "skipped"  # records before it were never delivered: seek back
     RESUMING = "resuming"  # fetched before the seek back took effect: drop
 
@@ -67,6 +73,9 @@ class Positions(Generic[P]):
         self._next: dict[P, int] = {}
         self._resuming: dict[P, float] = {}
         self._held: set[P] = set()
+        #: Partitions whose expected record is known to exist (delivered once,
+        #: then dropped): a jump past it is records skipped, not a hole.
+        self._strict: set[P] = set()
         self._clock = clock
 
     def expect(self, positions: Mapping[P, int]) -> None:
@@ -75,12 +84,14 @@ class Positions(Generic[P]):
             self._next[tp] = offset
             self._resuming.pop(tp, None)
             self._held.discard(tp)
+            self._strict.discard(tp)
 
     def hold(self, partitions: Iterable[P]) -> None:
         """Partitions just assigned: drop their records until Faust seeks them (:meth:`expect`)."""
         for tp in partitions:
             self._next.pop(tp, None)
             self._resuming.pop(tp, None)
+            self._strict.discard(tp)
             self._held.add(tp)
 
     def held(self) -> set[P]:
@@ -92,6 +103,7 @@ class Positions(Generic[P]):
             self._next.pop(tp, None)
             self._resuming.pop(tp, None)
             self._held.discard(tp)
+            self._strict.discard(tp)
 
     def rewind(self, dropped: Iterable[tuple[P, int]]) -> dict[P, int]:
         """Records delivered but then dropped unprocessed: expect the earliest of each again.
@@ -113,6 +125,7 @@ class Positions(Generic[P]):
             if expected is not None and offset < expected:
                 self._next[tp] = offset
                 self._resuming.pop(tp, None)
+                self._strict.add(tp)
                 rewound[tp] = offset
         return rewound
 
@@ -133,7 +146,11 @@ class Positions(Generic[P]):
         now = self._clock()
         overtaken = {}
         for tp, offset in due.items():
-            if fetch_positions.get(tp, offset) > offset and self._next.get(tp) == offset:
+            if (
+                tp in self._strict
+                and fetch_positions.get(tp, offset) > offset
+                and self._next.get(tp) == offset
+            ):
                 since = self._resuming.get(tp)
                 if since is None or now - since >= RESEEK_AFTER_S:
                     self._resuming[tp] = now
@@ -146,6 +163,8 @@ class Positions(Generic[P]):
             return Verdict.RESUMING if tp in self._held else Verdict.DELIVER
         if offset <= expected:
             return Verdict.DELIVER
+        if tp not in self._strict:
+            return Verdict.GAP
         since = self._resuming.get(tp)
         if since is not None and self._clock() - since < RESEEK_AFTER_S:
             return Verdict.RESUMING
@@ -155,3 +174,4 @@ class Positions(Generic[P]):
     def delivered(self, tp: P, offset: int) -> None:
         self._next[tp] = offset + 1
         self._resuming.pop(tp, None)
+        self._strict.discard(tp)

@@ -416,7 +416,8 @@ class Consumer(driver.Consumer):
 
         positions = self.positions
         check, delivered = positions.check, positions.delivered
-        DELIVER, SKIPPED = Verdict.DELIVER, Verdict.SKIPPED
+        DELIVER, GAP, SKIPPED = Verdict.DELIVER, Verdict.GAP, Verdict.SKIPPED
+        expected_of = positions.expected
         route_for = self._route
         flow_active = self.app.flow_control.is_active
         wait_until_producer_ebb = self.app.producer.buffer.wait_until_ebb
@@ -430,8 +431,13 @@ class Consumer(driver.Consumer):
                 if index and not index % YIELD_EVERY:
                     await asyncio.sleep(0)  # let other tasks in, as Faust does
                 offset = message.offset
-                if is_input(message.topic):  # no holes in its offsets
+                if is_input(message.topic):
                     verdict = check(tp, offset)
+                    if verdict is GAP:
+                        # A hole in the log (a transaction marker, an aborted or
+                        # compacted record): acknowledged for Faust's commit.
+                        await self._add_gap(tp, expected_of(tp) or 0, offset - 1)
+                        verdict = DELIVER
                     if verdict is DELIVER:
                         route = route_for(tp)
                         if route is None or not flow_active():

@@ -24,11 +24,24 @@ def test_records_are_delivered_in_order_from_where_faust_sought() -> None:
     assert positions.expected(TP) == 152
 
 
-def test_a_jump_is_never_delivered_but_read_again_from_the_expected_offset() -> None:
-    """The failure seen: sought to 149, the next record fetched was 229."""
+def test_a_jump_is_a_hole_in_the_log_unless_records_were_dropped() -> None:
+    """Transaction markers, aborted and compacted records leave holes: delivered across."""
+    positions: Positions[tuple[str, int]] = Positions()
+    positions.expect({TP: 149})
+    assert positions.check(TP, 151) is Verdict.GAP  # 149 a commit marker, 150 aborted
+    positions.delivered(TP, 151)
+    assert positions.check(TP, 152) is Verdict.DELIVER
+    assert positions.overtaken({TP: 160}, positions.snapshot()) == {}
+
+
+def test_a_jump_past_dropped_records_is_read_again_from_the_earliest() -> None:
+    """Records delivered, then dropped unprocessed: a jump past them is never delivered."""
     clock = Clock()
     positions: Positions[tuple[str, int]] = Positions(clock)
-    positions.expect({TP: 149})
+    positions.expect({TP: 140})
+    for offset in range(140, 160):
+        positions.delivered(TP, offset)
+    positions.rewind([(TP, 149)])
     assert positions.check(TP, 229) is Verdict.SKIPPED
     # Records fetched before the seek back took effect are dropped, not delivered.
     assert positions.check(TP, 230) is Verdict.RESUMING
@@ -36,17 +49,15 @@ def test_a_jump_is_never_delivered_but_read_again_from_the_expected_offset() -> 
     assert positions.check(TP, 149) is Verdict.DELIVER
     positions.delivered(TP, 149)
     assert positions.check(TP, 150) is Verdict.DELIVER
+    # Past the dropped records, holes are holes again.
+    positions.delivered(TP, 150)
+    assert positions.check(TP, 153) is Verdict.GAP
 
 
-def test_a_seek_back_that_did_not_take_effect_is_repeated() -> None:
-    clock = Clock()
-    positions: Positions[tuple[str, int]] = Positions(clock)
-    positions.expect({TP: 10})
-    assert positions.check(TP, 20) is Verdict.SKIPPED
-    clock.now += RESEEK_AFTER_S / 2
-    assert positions.check(TP, 21) is Verdict.RESUMING
-    clock.now += RESEEK_AFTER_S
-    assert positions.check(TP, 22) is Verdict.SKIPPED
+def _strict_at(positions: Positions[tuple[str, int]], offset: int) -> None:
+    positions.expect({TP: offset})
+    positions.delivered(TP, offset)
+    positions.rewind([(TP, offset)])
 
 
 def test_a_partition_sought_back_by_someone_else_is_read_again_from_there() -> None:
@@ -56,7 +67,7 @@ def test_a_partition_sought_back_by_someone_else_is_read_again_from_there() -> N
     assert positions.check(TP, 40) is Verdict.DELIVER
     positions.delivered(TP, 40)
     assert positions.expected(TP) == 41
-    assert positions.check(TP, 42) is Verdict.SKIPPED  # and still no record skipped
+    assert positions.check(TP, 41) is Verdict.DELIVER
 
 
 def test_an_unknown_partition_delivers_until_faust_seeks_it() -> None:
@@ -67,8 +78,8 @@ def test_an_unknown_partition_delivers_until_faust_seeks_it() -> None:
     assert positions.expected(TP) is None
     assert positions.check(TP, 300) is Verdict.DELIVER
     positions.delivered(TP, 300)
-    positions.expect({TP: 8})  # Faust seeks to the committed offset: 300 came too early
-    assert positions.check(TP, 301) is Verdict.SKIPPED
+    positions.expect({TP: 8})  # Faust seeks to the committed offset
+    assert positions.check(TP, 8) is Verdict.DELIVER
 
 
 def test_records_dropped_last_are_found_from_the_fetch_position() -> None:
@@ -77,17 +88,19 @@ def test_records_dropped_last_are_found_from_the_fetch_position() -> None:
     positions: Positions[tuple[str, int]] = Positions(clock)
     other = ("production.webhooks.raw", 1)
     positions.expect({TP: 154, other: 10})
+    positions.delivered(TP, 154)
+    positions.rewind([(TP, 154)])
     positions.delivered(other, 10)
     due = positions.snapshot()
-    # The client fetched TP up to 308 but nothing past 154 was delivered;
-    # ``other`` is where it should be.
+    # The client fetched TP up to 308 but nothing from 154 on was delivered again;
+    # ``other`` is where it should be (and not strict: a hole would be a hole).
     assert positions.overtaken({TP: 308, other: 11}, due) == {TP: 154}
     # Being read again already: left to that seek, unless it did not take effect.
     assert positions.overtaken({TP: 308}, positions.snapshot()) == {}
     clock.now += RESEEK_AFTER_S
     assert positions.overtaken({TP: 308}, positions.snapshot()) == {TP: 154}
     # Delivered meanwhile (the snapshot is stale): not overtaken.
-    positions.expect({TP: 154})
+    positions.rewind([(TP, 154)])
     due = positions.snapshot()
     positions.delivered(TP, 154)
     assert positions.overtaken({TP: 308}, due) == {}
