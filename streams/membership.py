@@ -39,6 +39,8 @@ from typing import Any
 import aiokafka.errors as errors
 from aiokafka.client import AIOKafkaClient, ConnectionGroup
 from aiokafka.protocol.group import HeartbeatRequest
+from hookline.streams.client_settings import worker_client_settings
+from hookline.streams.internals import group_member
 
 #: How long the check keeps asking while the coordinator cannot answer (it
 #: moves during a rolling restart of the brokers, and a new one loads the
@@ -77,11 +79,10 @@ class MembershipCheck:
 
     async def confirm(self, generation: int) -> None:
         """Raise :class:`Fenced` unless still a member, in the batch's ``generation``."""
-        coordinator = self.app.consumer._thread._ensure_consumer()._coordinator
-        if generation != coordinator.generation:
+        known = group_member(self.app).generation
+        if generation != known:
             raise Fenced(
-                f"batch read in generation {generation}, the member is in "
-                f"generation {coordinator.generation}"
+                f"batch read in generation {generation}, the member is in generation {known}"
             )
         if self._confirmed_at is not None and _now() - self._confirmed_at < self.max_age_s:
             return
@@ -93,17 +94,12 @@ class MembershipCheck:
                 await asyncio.sleep(min(RETRY_BACKOFF_S * 2 ** (attempt - 1), MAX_BACKOFF_S))
             attempt += 1
             # Read together: the consumer thread may be resetting them.
-            group, current, member = (
-                coordinator.group_id,
-                coordinator.generation,
-                coordinator.member_id,
-            )
-            node = coordinator.coordinator_id
+            group, current, member, node = group_member(self.app)
             if node is None:
                 last_error = errors.GroupCoordinatorNotAvailableError()
                 continue
             try:
-                client = await self._started(coordinator)
+                client = await self._started()
                 response = await client.send(
                     node,
                     HeartbeatRequest(group, current, member),
@@ -128,18 +124,9 @@ class MembershipCheck:
             f"cannot confirm group membership for {GIVE_UP_AFTER_S:.0f} s: {last_error!r}"
         )
 
-    async def _started(self, coordinator: Any) -> AIOKafkaClient:
+    async def _started(self) -> AIOKafkaClient:
         if self._client is None:
-            source = coordinator._client
-            client = AIOKafkaClient(
-                bootstrap_servers=source._bootstrap_servers,
-                client_id=f"{source._client_id}-membership",
-                security_protocol=source._security_protocol,
-                ssl_context=source._ssl_context,
-                sasl_mechanism=source._sasl_mechanism,
-                sasl_plain_username=source._sasl_plain_username,
-                sasl_plain_password=source._sasl_plain_password,
-            )
+            client = AIOKafkaClient(**worker_client_settings(self.app, "membership"))
             await client.bootstrap()
             self._client = client
         return self._client
