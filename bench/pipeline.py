@@ -95,6 +95,7 @@ from hookline.infra.processes import ServiceProcess
 from hookline.schemas import codec
 from hookline.streams.app import MAX_POLL_RECORDS
 from hookline.streams.end_offsets import fetched_end_offsets
+from hookline.streams.internals import set_prefetch_backoff
 from hookline.streams.transport import PREFETCH_BACKOFF_S
 
 from hookline.supervisor import dev_secrets
@@ -415,7 +416,7 @@ async def forward(bootstrap: str) -> None:
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=WORKER_LINGER_MS)
     await consumer.start()
-    consumer._fetcher._prefetch_backoff = PREFETCH_BACKOFF_S  # as streams/transport.py does
+    set_prefetch_backoff(consumer, PREFETCH_BACKOFF_S)  # as streams/transport.py does
     await producer.start()
     announced = False
     try:

@@ -203,7 +203,7 @@ class BodyHold:
         """Charge ``size`` more bytes (``final``: the body's last); :class:`Busy` if refused."""
         if self.task is None:
             self.task = asyncio.current_task()
-        if not self._budget._take(self, size, final):
+        if not self._budget._take(self, size, final):  # noqa: SLF001 (BodyBudget's own helper)
             raise Busy
 
     def finish(self) -> None:
@@ -213,7 +213,7 @@ class BodyHold:
 
     def release(self) -> None:
         if self.size:
-            self._budget._give(self)
+            self._budget._give(self)  # noqa: SLF001 (BodyBudget's own helper)
             self.size = 0
         else:
             self.finish()

@@ -75,7 +75,7 @@ class _Use:
                 raise RuntimeError("TimeLimit must be used inside a task")
             self.task = task
             self._cancelling = task.cancelling()
-            limit._start(self, task.get_loop())
+            limit._start(self, task.get_loop())  # noqa: SLF001 (TimeLimit's own helper)
         return self
 
     def __exit__(
@@ -85,7 +85,7 @@ class _Use:
         tb: TracebackType | None,
     ) -> None:
         if not self.expired:
-            self._limit._due.pop(self, None)
+            self._limit._due.pop(self, None)  # noqa: SLF001 (TimeLimit's own helper)
             return
         # As asyncio.timeout: our cancellation becomes TimeoutError unless the
         # task was also cancelled by someone else meanwhile.

@@ -36,6 +36,7 @@ import rocksdict
 from faust.types import EventT, TableT
 from hookline.schemas.codec import CodecError
 from hookline.streams.batch import Batch
+from hookline.streams.internals import key_partitions, partition_dbs
 
 #: Deletes per partition per batch: sweeping must not stall processing.
 SWEEP_LIMIT = 200
@@ -191,7 +192,7 @@ class Expiry:
 
     def _on_disk(self) -> bool:
         """RocksDB (one database per partition) rather than the memory store."""
-        return hasattr(self.table.data, "_dbs")
+        return partition_dbs(self.table.data) is not None
 
     def noted(self, event: EventT, key: bytes, value: dict[str, Any]) -> None:
         if value["expires_at"] > 0 and not self._on_disk():
@@ -199,9 +200,10 @@ class Expiry:
 
     def _due(self, partition: int, now: int, events: int) -> list[bytes]:
         store: Any = self.table.data
-        if not hasattr(store, "_dbs"):
+        dbs = partition_dbs(store)
+        if dbs is None:
             return self.index.due(partition, now)
-        db = store._dbs.get(partition)
+        db = dbs.get(partition)
         if db is None:  # not open here (any more)
             return []
         budget = SCAN_PER_EVENT * max(events, 1)
@@ -251,14 +253,15 @@ def active_partitions(table: TableT) -> set[int]:
 def local_items(table: TableT, partitions: set[int]) -> Iterator[tuple[int, bytes, bytes]]:
     """(partition, key, value) of the local store (Faust keeps no public per-partition view)."""
     store: Any = table.data
-    if hasattr(store, "_dbs"):  # RocksDB: one database per partition
-        for partition, db in list(store._dbs.items()):
+    dbs = partition_dbs(store)
+    if dbs is not None:  # RocksDB: one database per partition
+        for partition, db in list(dbs.items()):
             if partition in partitions:
                 for key, value in scan(db):
                     if key != store.offset_key:
                         yield partition, key, value
     else:  # memory: partitions are known for keys restored from the changelog
-        for key, partition in list(store._key_partition.items()):
+        for key, partition in list(key_partitions(store).items()):
             value = store.data.get(key)
             if partition in partitions and value is not None:
                 yield partition, key, value

@@ -205,7 +205,7 @@ async def test_headers_that_trickle_are_timed_out_with_a_408(gateway: Gateway) -
                 await writer.drain()
             except ConnectionError:
                 break
-            if reader.at_eof() or len(reader._buffer) > 0:  # type: ignore[attr-defined]
+            if reader.at_eof() or len(reader._buffer) > 0:  # type: ignore[attr-defined]  # noqa: SLF001 (answered yet?)
                 break
             await asyncio.sleep(0.1)
         status, _headers, body = await answer(reader)

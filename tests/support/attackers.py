@@ -216,7 +216,7 @@ async def _stream_until_answered(
 ) -> None:
     """Send ``piece`` again and again (at most ``most`` bytes) until the server answers."""
     sent = 0
-    while sent < most and not reader._buffer and not reader.at_eof():  # type: ignore[attr-defined]
+    while sent < most and not reader._buffer and not reader.at_eof():  # type: ignore[attr-defined]  # noqa: SLF001 (answered yet?)
         writer.write(piece)
         sent += len(piece)
         await writer.drain()

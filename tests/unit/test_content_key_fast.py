@@ -88,9 +88,9 @@ def outcome(function: Callable[..., str], *args: Any) -> tuple[str, str]:
 def fast_path_taken(document: Any, ignore: tuple[str, ...] = ()) -> bool:
     """Whether digest() writes this document with orjson (no fallback)."""
     try:
-        content = content_key._plain_dict(document, content_key._skip_tree(ignore), 1)
-        orjson.dumps(content, option=content_key._ORJSON_OPTIONS)
-    except (content_key._NotPlain, TypeError, RecursionError):
+        content = content_key._plain_dict(document, content_key._skip_tree(ignore), 1)  # noqa: SLF001 (the fast path itself)
+        orjson.dumps(content, option=content_key._ORJSON_OPTIONS)  # noqa: SLF001
+    except (content_key._NotPlain, TypeError, RecursionError):  # noqa: SLF001
         return False
     return True
 

@@ -59,6 +59,10 @@ class DiskStore:
     _dbs: dict[int, rocksdict.Rdict]
     offset_key: bytes = OFFSET_KEY
 
+    @property
+    def dbs(self) -> dict[int, rocksdict.Rdict]:
+        return self._dbs
+
 
 @dataclass(frozen=True)
 class TP:
@@ -284,7 +288,7 @@ def test_a_rocksdb_sweep_keeps_nothing_per_key_in_memory(open_db: Any) -> None:
     for i in range(1000):
         expiry.noted(event(i % 2), b"k%d" % i, {"expires_at": 10 + i})
     assert len(expiry.index) == 0
-    for p, db in store._dbs.items():
+    for p, db in store.dbs.items():
         fill(db, {b"k%d" % i: 10 + i for i in range(p, 1000, 2)})
     batch = FakeBatch({b"k%d" % i: {"expires_at": 10 + i} for i in range(1000)})
     clock = clock_at(2000, partition=0, events=100)
@@ -297,7 +301,7 @@ def test_a_rocksdb_sweep_keeps_nothing_per_key_in_memory(open_db: Any) -> None:
 def test_a_rocksdb_sweep_spends_its_budget_by_events_in_each_partition(open_db: Any) -> None:
     expiry, store = disk_expiry(open_db, 2)
     values = {}
-    for p, db in store._dbs.items():
+    for p, db in store.dbs.items():
         keys = {b"p%d-%03d" % (p, i): 10 for i in range(50)}
         fill(db, keys)
         values.update({k: {"expires_at": at} for k, at in keys.items()})
@@ -315,7 +319,7 @@ def test_a_rocksdb_sweep_rechecks_the_batch_value_and_retires(open_db: Any) -> N
         return {**value, "expires_at": 0, "retired": True}
 
     expiry, store = disk_expiry(open_db, 1, on_expired=retire)
-    fill(store._dbs[0], {b"a-old": 10, b"b-extended": 10, b"c-gone": 10, b"d-fresh": 900})
+    fill(store.dbs[0], {b"a-old": 10, b"b-extended": 10, b"c-gone": 10, b"d-fresh": 900})
     batch = FakeBatch(
         {
             b"a-old": {"expires_at": 10},
@@ -336,8 +340,8 @@ def test_a_rocksdb_sweep_skips_partitions_not_open(open_db: Any) -> None:
 
 def test_local_items_of_rocksdb_leave_out_the_offset_key(open_db: Any) -> None:
     _, store = disk_expiry(open_db, 2)
-    fill(store._dbs[0], {b"a": 1})
-    fill(store._dbs[1], {b"b": 2})
+    fill(store.dbs[0], {b"a": 1})
+    fill(store.dbs[1], {b"b": 2})
     table = FakeTable(data=store)
     assert [(p, k) for p, k, _ in local_items(table, {0, 1})] == [(0, b"a"), (1, b"b")]  # type: ignore[arg-type]
     assert [(p, k) for p, k, _ in local_items(table, {1})] == [(1, b"b")]  # type: ignore[arg-type]
@@ -355,7 +359,7 @@ async def test_a_rocksdb_recovery_forgets_revoked_partitions_and_indexes_nothing
     open_db: Any,
 ) -> None:
     expiry, store = disk_expiry(open_db, 2)
-    for db in store._dbs.values():
+    for db in store.dbs.values():
         fill(db, {b"a": 1, b"b": 1, b"c": 1})
     expiry.sweep(FakeBatch({}), clock_at(100, partition=0))  # type: ignore[arg-type]
     expiry.sweep(FakeBatch({}), clock_at(100, partition=1))  # type: ignore[arg-type]

@@ -56,10 +56,11 @@ def test_the_worker_consumer_fetches_with_the_configured_wait(wait_ms: int) -> N
             sources_path=DEV_SOURCES,
         )
         app = create_app(settings)
-        thread = app.consumer._thread  # type: ignore[attr-defined]
-        consumer = thread._create_worker_consumer(app.consumer.transport)
+        # The consumer Faust's thread makes for the worker, and what the seam set on it.
+        thread = app.consumer._thread  # type: ignore[attr-defined]  # noqa: SLF001
+        consumer = thread._create_worker_consumer(app.consumer.transport)  # noqa: SLF001
         try:
-            return int(consumer._fetch_max_wait_ms)
+            return int(consumer._fetch_max_wait_ms)  # noqa: SLF001
         finally:
             await consumer.stop()
 

@@ -209,7 +209,7 @@ async def test_the_batches_end_when_faust_ends_the_stream() -> None:
     taken = batches(stage, max_events=10)  # type: ignore[arg-type]
     waiting = asyncio.ensure_future(anext(taken))
     await asyncio.sleep(0)
-    getter = stage.channel.queue._getters[0]  # type: ignore[attr-defined]
+    getter = stage.channel.queue._getters[0]  # type: ignore[attr-defined]  # noqa: SLF001 (the waiting get)
     getter.set_exception(StopAsyncIteration())
     with pytest.raises(StopAsyncIteration):  # the generator ended, not a RuntimeError
         await asyncio.wait_for(waiting, 1)

@@ -79,7 +79,7 @@ async def test_a_cancellation_during_expiry_is_not_swallowed() -> None:
     task = asyncio.create_task(guarded())
     await asyncio.sleep(0)  # the task is inside the block
     loop = asyncio.get_running_loop()
-    limit._expire(loop, loop.time() + 20)  # what the timer does once the use is overdue
+    limit._expire(loop, loop.time() + 20)  # what the timer does once the use is overdue  # noqa: SLF001
     task.cancel()  # its owner cancels it too, before it runs again
     with pytest.raises(asyncio.CancelledError):
         await task

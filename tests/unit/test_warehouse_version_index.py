@@ -40,7 +40,7 @@ def state(order: str, version: int, at: int = T0, status: str = "ACTIVE") -> dic
 
 def table_rows(writer: TableWriter) -> list[tuple[str, int]]:
     """(order, version) of every row, sorted: one per order is the table's promise."""
-    found = writer._load().scan(selected_fields=("order_id", "version")).to_arrow()
+    found = writer._load().scan(selected_fields=("order_id", "version")).to_arrow()  # noqa: SLF001 (the table as written)
     return sorted(zip(found["order_id"].to_pylist(), found["version"].to_pylist(), strict=True))
 
 
