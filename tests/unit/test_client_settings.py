@@ -84,3 +84,23 @@ async def test_every_client_takes_the_settings() -> None:
     AIOKafkaClient(**settings)
     AIOKafkaConsumer(**settings)
     AIOKafkaProducer(**settings)  # constructed, never started: no broker needed
+
+
+async def test_the_settings_are_the_worker_consumers() -> None:
+    """What Faust's consumer thread gives the worker's consumer, key for key (client_id aside)."""
+    app = app_with(
+        broker_credentials=OAuthCredentials(
+            oauth_cb=TokenProvider(), ssl_context=ssl.create_default_context()
+        )
+    )
+    thread = app.consumer._thread  # type: ignore[attr-defined]  # noqa: SLF001
+    consumer = thread._create_worker_consumer(app.transport)  # noqa: SLF001
+    try:
+        client = consumer._client  # noqa: SLF001
+        settings = worker_client_settings(app, "probe")
+        for key, value in settings.items():
+            if key != "client_id":
+                assert getattr(client, f"_{key}") == value, key
+        assert settings["client_id"] == f"{client._client_id}-probe"  # noqa: SLF001
+    finally:
+        await consumer.stop()
