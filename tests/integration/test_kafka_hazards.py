@@ -21,28 +21,38 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
+import signal
+import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from hookline.core.adapters import ordering_key
 from hookline.core.settings import DEV_SOURCES
 from hookline.core.sources import Source, load_sources
+from hookline.infra.broker import free_port
+from hookline.infra.processes import ServiceProcess
 
 from tests.conftest import hookline_env
-from tests.integration.test_workers import PARTITIONER, check_exact, scenario
+from tests.integration.test_workers import PARTITIONER, check_exact, scenario, until_stopped
 from tests.support import processes, traffic
 from tests.support.local_kafka import (
     Answer,
     LogRecord,
     committed_offsets,
+    create_topics,
     describe,
+    end_offsets,
+    latest,
     leaders,
     own_cluster,
     post_delivery,
@@ -57,6 +67,7 @@ RAW = "production.webhooks.raw"
 STATE = "production.orders.state"
 CHANGES = "production.orders.changes"
 PARTITIONS = 4
+REPO = Path(__file__).resolve().parents[2]
 
 
 def mismatches(
@@ -407,3 +418,286 @@ async def until_fenced(bootstrap: str, node: int, timeout: float) -> float:
             pass
         assert time.monotonic() < deadline, f"node {node} never fenced: {partitions}"
         await asyncio.sleep(0.1)
+
+
+ORDERS_CHANGELOG = "production.hookline.orders-changelog"
+#: Compaction that runs within seconds: a segment rolls every half second of writes, is
+#: cleanable once 1 % of the log is dirty, and tombstones go 100 ms after cleaning.
+FAST_COMPACTION = {
+    "cleanup.policy": "compact",
+    "segment.ms": "500",
+    "min.cleanable.dirty.ratio": "0.01",
+    "min.compaction.lag.ms": "0",
+    "delete.retention.ms": "100",
+}
+COMPACTED = [
+    STATE,
+    *(f"production.hookline.{t}-changelog" for t in ("dedup", "transactions", "orders")),
+]
+
+
+def frozen_worker(env: dict[str, str], log_dir: Path, suffix: str) -> processes.ServiceProcess:
+    """A worker that stops itself at its first send to a topic ending with ``suffix``."""
+    port = free_port()
+    worker = ServiceProcess(
+        "worker-frozen",
+        [
+            *(sys.executable, "-m", "tests.support.frozen_send_worker", suffix),
+            *("worker", "--web-port", str(port)),
+        ],
+        env,
+        log_dir / f"worker-frozen-{port}.log",
+        f"http://127.0.0.1:{port}/readyz",
+        cwd=REPO,
+    )
+    worker.url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    return worker
+
+
+async def produce_raw(bootstrap: str, deliveries: list[tuple[str, bytes]]) -> None:
+    sources = load_sources(DEV_SOURCES, DEV)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    await producer.start()
+    try:
+        for name, body in deliveries:
+            key, value, partition = raw_record(sources, name, body)
+            await producer.send_and_wait(RAW, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+
+
+async def until_caught_up(bootstrap: str, timeout: float = 60) -> None:
+    """Until the group committed every input partition to its end."""
+    inputs = [RAW, "production.hookline.transaction-facts", "production.hookline.order-inputs"]
+    partitions = [TopicPartition(t, p) for t in inputs for p in range(PARTITIONS)]
+    deadline = time.monotonic() + timeout
+    while True:
+        ends = await end_offsets(bootstrap, partitions)
+        committed = await committed_offsets(bootstrap, partitions)
+        # An end may be a transaction marker no consumer commits past: within one.
+        behind = {
+            tp: (committed[tp], ends[tp])
+            for tp in partitions
+            if (committed[tp] or 0) < ends[tp] - 1
+        }
+        if not behind:
+            return
+        assert time.monotonic() < deadline, f"inputs not committed to their ends: {behind}"
+        await asyncio.sleep(1)
+
+
+def generation(record: LogRecord) -> int | None:
+    value = record.header("hookline-generation")
+    return int(value) if value else None
+
+
+def stale_records(records: list[LogRecord]) -> list[LogRecord]:
+    """Changelog records written with an older generation than one before them in their
+    partition: a stale writer's, landed after the new owner's."""
+    newest: dict[int, int] = {}
+    stale = []
+    for record in sorted(records, key=lambda r: (r.partition, r.offset)):
+        stamp = generation(record)
+        if stamp is None:
+            continue
+        if stamp < newest.get(record.partition, -1):
+            stale.append(record)
+        newest[record.partition] = max(stamp, newest.get(record.partition, -1))
+    return stale
+
+
+def not_compacted(records: list[LogRecord], ends: dict[tuple[str, int], int]) -> list[str]:
+    """What shows compaction has not run over each (topic, partition) of ``ends`` up to its
+    end offset: a key held twice below the end, or no record removed there. Empty once done."""
+    keys: dict[tuple[str, int], dict[str, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for record in records:
+        at = (record.topic, record.partition)
+        if at in ends and record.offset < ends[at]:
+            keys[at][record.key].append(record.offset)
+    found = []
+    for at, end in sorted(ends.items()):
+        twice = {key: offsets for key, offsets in keys[at].items() if len(offsets) > 1}
+        held = sum(len(offsets) for offsets in keys[at].values())
+        if twice:
+            found.append(
+                f"{at}: {len(twice)} keys twice below {end}, e.g. {list(twice.items())[:2]}"
+            )
+        elif end > 0 and held >= end:
+            found.append(f"{at}: all {end} records still there")
+    return found
+
+
+def newest_versions(records: list[LogRecord]) -> list[tuple[str, int, int]]:
+    """Orders whose latest ``orders.state`` record is older than their newest change:
+    (order, state version, newest version)."""
+    newest: dict[str, int] = {}
+    for record in records:
+        if record.topic == CHANGES:
+            newest[record.key] = max(newest.get(record.key, 0), record.value["version"])
+    return [
+        (order, record.value["version"], newest[order])
+        for order, record in latest(records, STATE).items()
+        if record.value and order in newest and record.value["version"] < newest[order]
+    ]
+
+
+def forks(records: list[LogRecord]) -> dict[tuple[str, str, int], int]:
+    """(topic, order, version) published with more than one content in orders.changes or
+    orders.state: {(topic, order, version): contents}."""
+    contents: dict[tuple[str, str, int], set[bytes]] = defaultdict(set)
+    for record in records:
+        if record.topic in (CHANGES, STATE) and record.raw is not None:
+            contents[(record.topic, record.key, record.value["version"])].add(record.raw)
+    return {key: len(found) for key, found in contents.items() if len(found) > 1}
+
+
+def scenario_stories(
+    orders: int,
+) -> tuple[dict[str, list[tuple[str, bytes]]], dict[str, dict[str, Any]]]:
+    """test_workers.scenario's deliveries as each order's story, in order: {order: [...]}."""
+    deliveries, expected = scenario(orders)
+    order_of_tx: dict[str, str] = {}
+    stories: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
+    for name, body in deliveries:
+        document = json.loads(body)
+        if name == "payments":
+            claims = jwt.decode(document["token"], options={"verify_signature": False})
+            order = order_of_tx[claims["orderReference"]]
+        elif name == "envelope":
+            order = document["data"]["order_id"]
+        elif "orders" in document:  # a checkout
+            [order] = [line["order_id"] for line in document["orders"]]
+            order_of_tx[document["transaction_id"]] = order
+        else:
+            order = document["order_id"]
+        stories[order].append((name, body))
+    assert set(stories) == set(expected)
+    return dict(stories), expected
+
+
+def steps(
+    stories: dict[str, list[tuple[str, bytes]]], first: Callable[[str], int], stop: int | None
+) -> list[tuple[str, bytes]]:
+    """Each order's steps ``first(order)`` to ``stop`` (exclusive; None: to its end), step by
+    step across orders: step k of every order before step k + 1 of any."""
+    longest = max(len(story) for story in stories.values())
+    return [
+        story[k]
+        for k in range(longest)
+        for order, story in stories.items()
+        if first(order) <= k < min(len(story), longest if stop is None else stop)
+    ]
+
+
+async def test_compaction_with_a_stale_writer_keeps_no_fork_and_the_newest_versions(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    """A worker frozen mid-send past its session; compaction then runs on what it wrote late.
+
+    Two workers; one stops itself at its first send to the orders changelog,
+    after every check it makes. The other takes its partitions over and moves
+    those orders on; then the frozen one is resumed. Without transactions its
+    stale records land after the new owner's: its ``orders.state`` records
+    behind newer versions, its changelog records behind newer generations,
+    which recovery fences out (streams/fencing.py) as long as a newer record
+    precedes them in their partition. Every other order of those partitions is
+    then moved on once more and the cleaner compacts the changelogs and
+    ``orders.state`` (tiny segments), which removes exactly those newer records. A fresh
+    worker recovers from the compacted changelogs and takes the rest.
+
+    Expected: no (order, version) with two contents, every order exact, and the
+    compacted ``orders.state`` holding every order's newest version, both before the
+    fresh worker and at the end.
+    """
+    with own_cluster(log_dir, "compaction") as cluster:
+        bootstrap = cluster.bootstrap_servers
+        await create_topics(bootstrap, dict.fromkeys(COMPACTED, FAST_COMPACTION), PARTITIONS)
+        env = hookline_env(bootstrap, tmp_path, HOOKLINE_SOURCES=str(DEV_SOURCES), **ON_KAFKA)
+        session = float(env["HOOKLINE_SESSION_TIMEOUT"])
+        stories, expected = scenario_stories(orders=32)  # 256 deliveries
+        survivor = processes.worker(env, log_dir).start(timeout=90)
+        frozen = frozen_worker(env, log_dir, "orders-changelog")
+        fresh: processes.ServiceProcess | None = None
+        problems: list[str] = []
+        try:
+            await asyncio.to_thread(frozen.start, 120)
+            for worker in (survivor, frozen):
+                await asyncio.to_thread(worker.wait_ready, 60)
+            # Steps 1-2 of every order: the frozen one stops at its first orders write.
+            await produce_raw(bootstrap, steps(stories, lambda _: 0, 2))
+            await until_stopped(frozen, 30)
+            await asyncio.sleep(session + 2)  # evicted; the survivor owns every partition
+            await asyncio.to_thread(survivor.wait_ready, 60)
+            await produce_raw(bootstrap, steps(stories, lambda _: 2, 4))
+            await until_caught_up(bootstrap)
+            assert frozen.process is not None
+            os.kill(frozen.process.pid, signal.SIGCONT)
+            await asyncio.sleep(3)  # its late records land (or are refused)
+            changelog = await read_log(bootstrap, ORDERS_CHANGELOG, idle=1.0)
+            stale = stale_records(changelog)
+            stale_orders = {r.key for r in stale}
+            # Every other order moves on once more, so the newer records before the
+            # stale ones are all superseded and compaction removes them.
+            await produce_raw(
+                bootstrap, steps(stories, lambda o: 99 if o in stale_orders else 4, 5)
+            )
+            await until_caught_up(bootstrap)
+            topics = [ORDERS_CHANGELOG, STATE]
+            ends = await end_offsets(
+                bootstrap, [TopicPartition(t, p) for t in topics for p in range(PARTITIONS)]
+            )
+            upto = {(tp.topic, tp.partition): end for tp, end in ends.items()}
+            # Filler orders keep segments rolling until the cleaner is past those ends.
+            fillers: list[str] = []
+            deadline = time.monotonic() + 60
+            while True:
+                filler = [traffic.unique("fill") for _ in range(PARTITIONS * 2)]
+                fillers += filler
+                await produce_raw(
+                    bootstrap, [("partner", traffic.order_status(o, "PENDING")) for o in filler]
+                )
+                await asyncio.sleep(1)
+                records = await read_log(bootstrap, *topics, idle=0.5)
+                uncompacted = not_compacted(records, upto)
+                if not uncompacted:
+                    break
+                assert time.monotonic() < deadline, f"the log cleaner did not run: {uncompacted}"
+            behind = newest_versions(records + await read_log(bootstrap, CHANGES, idle=0.5))
+            if behind:
+                problems.append(
+                    f"compacted orders.state behind the newest version for {len(behind)} "
+                    f"orders, e.g. (order, state version, newest): {behind[:3]}"
+                )
+            survivor.stop()
+            frozen.stop()
+            # A worker with nothing but the compacted changelogs takes the rest.
+            fresh = processes.worker(env, log_dir).start(timeout=90)
+            await produce_raw(
+                bootstrap, steps(stories, lambda o: 4 if o in stale_orders else 5, None)
+            )
+            try:
+                records = await until_exact(bootstrap, expected, timeout=45)
+            except AssertionError as exc:
+                problems.append(str(exc)[:1500])
+                records = await read_log(bootstrap, STATE, CHANGES, idle=1.0)
+            forked = forks(records)
+            if forked:
+                problems.append(
+                    f"{len(forked)} (order, version) with two contents, e.g. {list(forked)[:5]}"
+                )
+            behind = newest_versions(records)
+            if behind:
+                problems.append(f"orders.state behind the newest version at the end: {behind[:3]}")
+            print(
+                f"compaction with a stale writer: {len(stale)} stale changelog records "
+                f"({len(stale_orders)} orders), {len(fillers)} filler orders, "
+                f"compacted below {upto}"
+            )
+            assert not problems, "\n".join(problems)
+            check_exact(records, expected)
+        finally:
+            if frozen.process is not None and frozen.process.poll() is None:
+                os.kill(frozen.process.pid, signal.SIGCONT)
+            for worker in (survivor, frozen, fresh):
+                if worker is not None:
+                    worker.stop()
