@@ -97,6 +97,9 @@ class Positions(Generic[P]):
     def held(self) -> set[P]:
         return set(self._held)
 
+    def is_held(self, tp: P) -> bool:
+        return tp in self._held
+
     def forget(self, partitions: Iterable[P]) -> None:
         """Partitions revoked: nothing is known of them any more."""
         for tp in partitions:

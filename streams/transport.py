@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
 
@@ -64,7 +64,9 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from hookline.core.settings import DEFAULT_FETCH_MAX_WAIT_MS
+from hookline.streams.client_settings import worker_client_settings
 from hookline.streams.end_offsets import fetched_end_offsets
+from hookline.streams.exactly_once import PartitionProducers, committed_end_offsets
 from hookline.streams.positions import Positions, Verdict
 from hookline.streams.take import InputEvent
 from mode import ServiceT
@@ -81,6 +83,15 @@ PREFETCH_BACKOFF_S = 0.01
 YIELD_EVERY = 100
 
 
+def _transactions(app: Any) -> PartitionProducers | None:
+    """The worker's transactional producers (streams/app.py), in exactly-once mode."""
+    return getattr(app, "hookline_transactions", None)
+
+
+def exactly_once(app: Any) -> bool:
+    return _transactions(app) is not None
+
+
 def fetch_max_wait_ms(app: Any) -> int:
     """The app's fetch wait (streams/app.py sets it from the settings), else the default."""
     return int(getattr(app, "hookline_fetch_max_wait_ms", DEFAULT_FETCH_MAX_WAIT_MS))
@@ -91,6 +102,10 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         # Read when the consumer starts its fetcher; not otherwise exposed.
         consumer._fetch_max_wait_ms = fetch_max_wait_ms(self.app)
+        # Only what committed transactions wrote, in both modes (the worker's own
+        # exactly-once writes, a transactional upstream writer of raw); Faust
+        # sets it only for its own exactly-once mode.
+        consumer._isolation_level = "read_committed"
         return consumer
 
     async def on_start(self) -> None:
@@ -117,19 +132,15 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         return positions
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
+        """End offsets a table recovery can reach (streams/end_offsets.py, streams/exactly_once.py).
+
+        Exactly once: after the last committed record, not the marker behind
+        it. Otherwise: raised to a fetch's high watermark (Tansu's ListOffsets).
+        """
         reported = await super()._highwaters(partitions)
-        if self.consumer.in_transaction:
-            return reported
-        client = self._ensure_consumer()._client
-        settings = {
-            "bootstrap_servers": client._bootstrap_servers,
-            "client_id": f"{client._client_id}-end-offsets",
-            "security_protocol": client._security_protocol,
-            "ssl_context": client._ssl_context,
-            "sasl_mechanism": client._sasl_mechanism,
-            "sasl_plain_username": client._sasl_plain_username,
-            "sasl_plain_password": client._sasl_plain_password,
-        }
+        settings = worker_client_settings(self.app, "end-offsets")
+        if exactly_once(self.app):
+            return await committed_end_offsets(settings, reported)
         return await fetched_end_offsets(settings, reported)
 
 
@@ -182,6 +193,12 @@ class Consumer(driver.Consumer):
         #: through Faust's handler), for one group generation.
         self._routes: dict[TP, Route | None] = {}
         self._routes_generation: int | None = None
+        #: Seeks of input partitions: a count, and per partition the count at
+        #: its last seek (see :meth:`_poll`).
+        self._seeks = 0
+        self._sought_at: dict[TP, int] = {}
+        #: Held partitions whose records were dropped (see :meth:`perform_seek`).
+        self._dropped_while_held: set[TP] = set()
         self._read_cleared_records_again()
 
     def _read_cleared_records_again(self) -> None:
@@ -201,11 +218,30 @@ class Consumer(driver.Consumer):
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         self.positions.forget(revoked)
         await super().on_partitions_revoked(revoked)
+        transactions = _transactions(self.app)
+        if transactions is not None:  # the stages are done with them (Faust waited)
+            await transactions.revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
         # Nothing is delivered from them until perform_seek says where to start.
         self.positions.hold(tp for tp in assigned if self._is_input(tp.topic))
+        transactions = _transactions(self.app)
+        if transactions is not None:
+            # Fences every earlier owner (and aborts what it left open) before
+            # the committed offsets are read.
+            await transactions.assigned(assigned)
         await super().on_partitions_assigned(assigned, generation_id)
+
+    async def _commit(self, offsets: Mapping[TP, int]) -> bool:
+        """Exactly once: the input offsets were committed by each batch's transaction.
+
+        Faust's commit still runs (its bookkeeping, its livelock check), but
+        writes nothing: a plain offset commit beside the transactional ones
+        could only repeat them.
+        """
+        if exactly_once(self.app):
+            return True
+        return bool(await super()._commit(offsets))
 
     def _is_input(self, topic: str) -> bool:
         """A topic a stage consumes: acked, and not a table's changelog.
@@ -286,7 +322,14 @@ class Consumer(driver.Consumer):
         Faust's version relies on aiokafka's ``seek_to_committed``, which seeks
         only partitions whose committed offset is above 0 and leaves the others
         where earlier fetches moved them (their records dropped meanwhile).
+
+        Records of a held partition fetched once the seek began are dropped
+        (streams/positions.py) and the client's position is past them: those
+        partitions are sought again once they are expected. A poll still
+        under way across these seeks is dropped and sought again
+        (:meth:`_drop_across_seeks`): it may hold records from before a seek.
         """
+        self._dropped_while_held.clear()
         committed = await self.seek_to_committed()
         # Inputs only: a changelog is sought by the table recovery itself.
         inputs = {tp: offset for tp, offset in committed.items() if self._is_input(tp.topic)}
@@ -316,6 +359,17 @@ class Consumer(driver.Consumer):
             }
         )
         self.positions.expect(positions)
+        self._sought(positions)
+        again = self._dropped_while_held & positions.keys()
+        self._dropped_while_held.clear()
+        for tp in again:
+            await self._seek(tp, positions[tp])
+        self._sought(again)
+
+    def _sought(self, partitions: Iterable[TP]) -> None:
+        self._seeks += 1
+        for tp in partitions:
+            self._sought_at[tp] = self._seeks
 
     async def _seek_back(self, tp: TP, expected: int, got: int) -> None:
         """Records ``expected``..``got - 1`` were fetched but never delivered: read them again."""
@@ -343,6 +397,7 @@ class Consumer(driver.Consumer):
         self.positions.expect({tp: expected})
         self.positions.check(tp, got)  # resuming: drop what was fetched before the seek
         await self._seek(tp, expected)
+        self._sought([tp])
 
     async def _reread_overtaken(self) -> None:
         """Seek back partitions whose fetch position passed records never delivered."""
@@ -365,9 +420,12 @@ class Consumer(driver.Consumer):
         (Faust's round robin): every record of a poll is queued at once, each
         stage's in its own queue, so no stage waits behind another's.
         """
+        seeks = self._seeks
         records, active = await self._wait_next_records(timeout)
         if not records or self.should_stop or not self.flow_active:
             return []  # a paused flow: Faust drops the poll too (fetched again after seeking)
+        if self._seeks != seeks:
+            await self._drop_across_seeks(records, seeks)
         buffered = self._buffered_partitions
         track_end = self.app.monitor.track_tp_end_offset
         highwater = self.highwater
@@ -402,6 +460,25 @@ class Consumer(driver.Consumer):
             ]
         return fetched
 
+    async def _drop_across_seeks(self, records: dict[Any, Any], seeks: int) -> None:
+        """Drop the records of input partitions sought while they were being fetched.
+
+        They may come from before the seek: delivered, they would be taken for
+        the records after the expected offset, across a hole in the log that
+        is not there (streams/positions.py). Or they came after it, and the
+        client's position is past them: so each such partition is sought
+        again to its expected offset, and read from there.
+        """
+        for tp in [tp for tp in records if self._sought_at.get(tp, 0) > seeks]:
+            del records[tp]
+            expected = self.positions.expected(tp)
+            if expected is not None:
+                try:
+                    await self._seek(tp, expected)
+                except KafkaError as exc:  # revoked meanwhile: its next owner seeks
+                    self.log.info("%s: not sought again: %r", tp, exc)
+                self._sought([tp])
+
     async def _drain_messages(self, fetcher: ServiceT) -> None:  # pragma: no cover
         """Faust's loop (faust/transport/consumer.py), with one race per fetch."""
         callback = self.callback
@@ -417,6 +494,9 @@ class Consumer(driver.Consumer):
         positions = self.positions
         check, delivered = positions.check, positions.delivered
         DELIVER, GAP, SKIPPED = Verdict.DELIVER, Verdict.GAP, Verdict.SKIPPED
+        RESUMING = Verdict.RESUMING
+        is_held = positions.is_held
+        dropped_while_held = self._dropped_while_held
         expected_of = positions.expected
         route_for = self._route
         flow_active = self.app.flow_control.is_active
@@ -452,6 +532,9 @@ class Consumer(driver.Consumer):
                                 put(event)
                         set_read_offset(tp, offset)
                         delivered(tp, offset)
+                    elif verdict is RESUMING:
+                        if is_held(tp):
+                            dropped_while_held.add(tp)
                     elif verdict is SKIPPED:
                         try:
                             await self._seek_back(tp, positions.expected(tp) or 0, offset)
