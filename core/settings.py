@@ -94,6 +94,10 @@ class Settings:
     data_dir: Path = Path(".hookline")
     commit_interval_s: float = 1.0
     session_timeout_s: float = 30.0
+    #: "exactly_once", "at_least_once", or None: exactly once where the
+    #: broker has transactions (Apache Kafka), else at least once
+    #: (streams/exactly_once.py).
+    processing_guarantee: str | None = None
     #: How long the worker's fetch waits on the broker for partitions with no
     #: new records (streams/transport.py). Kafka answers as soon as a record
     #: arrives, so 500 costs it no latency; the embedded broker answers only
@@ -128,6 +132,12 @@ class Settings:
         store = env.get("HOOKLINE_STORE", "rocksdb")
         if store not in ("rocksdb", "memory"):
             raise SettingsError(f"HOOKLINE_STORE must be 'rocksdb' or 'memory', got {store!r}")
+        guarantee = env.get("HOOKLINE_PROCESSING_GUARANTEE") or None
+        if guarantee not in (None, "exactly_once", "at_least_once"):
+            raise SettingsError(
+                "HOOKLINE_PROCESSING_GUARANTEE must be 'exactly_once' or 'at_least_once' "
+                f"(unset: exactly once where the broker has transactions), got {guarantee!r}"
+            )
         return cls(
             bootstrap_servers=env.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             sources_path=Path(env["HOOKLINE_SOURCES"]) if env.get("HOOKLINE_SOURCES") else None,
@@ -140,6 +150,7 @@ class Settings:
             data_dir=Path(env.get("HOOKLINE_DATA_DIR") or ".hookline"),
             commit_interval_s=_float(env, "HOOKLINE_COMMIT_INTERVAL", 1.0),
             session_timeout_s=_float(env, "HOOKLINE_SESSION_TIMEOUT", 30.0),
+            processing_guarantee=guarantee,
             fetch_max_wait_ms=_int(
                 env,
                 "HOOKLINE_FETCH_MAX_WAIT_MS",

@@ -15,6 +15,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from hookline.core.settings import Settings, SettingsError
 from hookline.core.sources import ENVIRONMENTS, SourcesError, load_sources
@@ -179,7 +180,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import uvloop
 
     from hookline import logs
-    from hookline.streams.app import create_app
+    from hookline.streams.app import create_app, use_guarantee
 
     settings = _settings()
     if not settings.bootstrap_servers:
@@ -193,6 +194,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     # Faust creates its loops, the consumer thread's included.
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(settings, web_port=args.web_port, web_host=args.web_host)
+    use_guarantee(app, settings, _processing_guarantee(settings, app))
     worker = faust.Worker(
         app,
         loglevel="DEBUG" if args.verbose else "INFO",
@@ -203,6 +205,42 @@ def cmd_worker(args: argparse.Namespace) -> int:
     _collect_less_often()
     worker.execute_from_commandline()
     return 0
+
+
+def _processing_guarantee(settings: Settings, app: Any) -> Any:
+    """The guarantee in force (a ``Guarantee``), said on the worker's first lines."""
+    from hookline.streams.client_settings import worker_client_settings
+    from hookline.streams.exactly_once import (
+        Guarantee,
+        TransactionsUnsupported,
+        resolve_guarantee,
+    )
+
+    try:
+        guarantee = asyncio.run(
+            resolve_guarantee(
+                settings.processing_guarantee, worker_client_settings(app, "transactions-probe")
+            )
+        )
+    except TransactionsUnsupported as exc:
+        raise SystemExit(f"hookline: {exc}") from None
+    if guarantee is Guarantee.EXACTLY_ONCE:
+        log.info(
+            "processing guarantee: exactly_once (Kafka transactions; consumers reading "
+            "read_committed see each order version once)"
+        )
+    else:
+        reason = (
+            "as configured"
+            if settings.processing_guarantee
+            else "the broker has no transactions (the embedded broker has none)"
+        )
+        log.info(
+            "processing guarantee: at_least_once (%s): after a crash a consumer may read "
+            "an order version again",
+            reason,
+        )
+    return guarantee
 
 
 #: Allocations between two young collections (CPython's default: 700), and

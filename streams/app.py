@@ -9,8 +9,11 @@ changelogs are compacted topics, ``acks=all``, offsets reset to *earliest*
 from __future__ import annotations
 
 import faust
+from hookline.core import topics
 from hookline.core.settings import Settings
 from hookline.core.sources import ENVIRONMENTS, load_sources
+from hookline.streams.client_settings import worker_client_settings
+from hookline.streams.exactly_once import Guarantee, PartitionProducers
 from hookline.streams.metrics import WorkerMetrics
 from hookline.streams.pipeline import DAY_MS, EnvironmentPipeline, PipelineConfig
 from prometheus_client import CONTENT_TYPE_LATEST, disable_created_metrics, generate_latest
@@ -31,6 +34,7 @@ def create_app(
     web_host: str = "127.0.0.1",
     metrics: WorkerMetrics | None = None,
 ) -> faust.App:
+    """The worker's app, at least once until :func:`use_guarantee` says otherwise."""
     settings = settings or Settings.from_env()
     bootstrap = settings.require_bootstrap()
     sources = load_sources(settings.require_sources(), with_secrets=False)
@@ -80,6 +84,8 @@ def create_app(
     )
     # Read by streams/transport.py when it creates the consumer.
     app.hookline_fetch_max_wait_ms = settings.fetch_max_wait_ms  # type: ignore[attr-defined]
+    app.hookline_metrics = metrics  # type: ignore[attr-defined]
+    use_guarantee(app, settings, Guarantee.AT_LEAST_ONCE)
     app.hookline_pipelines = [  # type: ignore[attr-defined]
         EnvironmentPipeline(app, env, config, sources, metrics) for env in ENVIRONMENTS
     ]
@@ -110,3 +116,37 @@ def create_app(
         return web.json({"ready": ready}, status=200 if ready else 503)
 
     return app
+
+
+def use_guarantee(app: faust.App, settings: Settings, guarantee: Guarantee) -> None:
+    """Set the processing guarantee, before the worker starts (hookline/cli.py resolves it).
+
+    Exactly once: the pipelines and the consumer find the transactional
+    producers in ``app.hookline_transactions`` (None: at least once).
+    """
+    app.hookline_transactions = (  # type: ignore[attr-defined]
+        _partition_producers(app, settings) if guarantee is Guarantee.EXACTLY_ONCE else None
+    )
+    app.hookline_metrics.processing_guarantee.state(guarantee.value)  # type: ignore[attr-defined]
+
+
+def _partition_producers(app: faust.App, settings: Settings) -> PartitionProducers:
+    """The transactional producers of exactly-once mode, configured as Faust's own producer."""
+
+    inputs = {
+        name
+        for env in ENVIRONMENTS
+        for name in (topics.raw(env), topics.transaction_facts(env), topics.order_inputs(env))
+    }
+    return PartitionProducers(
+        group=APP_ID,
+        client_settings=lambda: worker_client_settings(app, "transactions"),
+        is_input=inputs.__contains__,
+        producer_settings={
+            "acks": "all",
+            "linger_ms": 4,
+            "max_batch_size": 256 * 1024,
+            "max_request_size": settings.max_record_bytes + DEAD_LETTER_OVERHEAD,
+            "request_timeout_ms": int(settings.publish_timeout_s * 1000 * 6),
+        },
+    )

@@ -63,7 +63,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -72,6 +72,7 @@ from aiokafka.producer.message_accumulator import BatchBuilder
 from aiokafka.structs import RecordMetadata
 from faust.types import TP, EventT, TableT, TopicT
 from hookline.core.partitioner import key_hash
+from hookline.streams.exactly_once import Transaction
 from hookline.streams.fencing import generation_header
 from hookline.streams.membership import confirm_membership
 from hookline.streams.redelivery import renew
@@ -185,6 +186,10 @@ class Batch:
         self._on_write = on_write
         self._sends: list[Output] = []
         self._writes: dict[bytes, tuple[EventT, Any]] = {}
+        #: Exactly once: the transaction of the batch's input partition, which
+        #: sends everything and applies the store writes once it commits
+        #: (streams/exactly_once.py). None: at least once, as described above.
+        self.transaction: Transaction | None = None
 
     def get(self, event: EventT, key: bytes) -> Any:
         """The value as this batch left it so far, else the table's (decoded)."""
@@ -277,7 +282,7 @@ class Batch:
         if self._writes and self.stage in _STOP_BEFORE_FLUSH:
             _STOP_BEFORE_FLUSH.discard(self.stage)
             os.kill(os.getpid(), signal.SIGSTOP)
-        if self._sends or self._writes:
+        if self.transaction is None and (self._sends or self._writes):
             await confirm_membership(self.table.app, self.generation)
 
     async def send_outputs(self, *others: Batch) -> None:
@@ -285,8 +290,11 @@ class Batch:
         sends = self._sends
         for other in others:
             sends = sends + other._sends
-        producer = self.table.app.producer._ensure_producer()
-        await send_acknowledged(producer, sends, self.stage)
+        if self.transaction is not None:
+            self.transaction.send(sends)
+        else:
+            producer = self.table.app.producer._ensure_producer()
+            await send_acknowledged(producer, sends, self.stage)
         self._sends.clear()
         for other in others:
             other._sends.clear()
@@ -302,6 +310,7 @@ class Batch:
         writes: list[tuple[bytes, EventT, bytes | None]] = []
         records: list[Output] = []
         on_write = self._on_write
+        transaction = self.transaction
         for key, (event, value) in self._writes.items():
             if value is DELETE:
                 encoded = None
@@ -311,28 +320,46 @@ class Batch:
                 encoded = self._encode(value)
             writes.append((key, event, encoded))
             partition = event.message.partition
+            if transaction is not None:  # no stale writer commits: no stamp
+                records.append((changelog, key, encoded, partition, None))
+                continue
             stamped = headers.get(partition)
             if stamped is None:
                 stamped = headers[partition] = generation_header(
                     self._stamp(partition, self.generation)
                 )
             records.append((changelog, key, encoded, partition, stamped))
+        self._writes.clear()
+        if transaction is not None:
+            transaction.send(records)
+            transaction.after_commit(lambda last: _store(table, writes, changelog, last))
+            return
         producer = table.app.producer._ensure_producer()
         last = await send_acknowledged(producer, records)
-        store: Any = table.data
-        for key, event, encoded in writes:
-            if encoded is None:
-                _delete(store, key, event.message.partition)
-            else:
-                _write(store, key, encoded, event.message.partition)
-        newest = {p: offset for (topic, p), offset in last.items() if topic == changelog}
-        for partition, offset in newest.items():
-            store.set_persisted_offset(TP(changelog, partition), offset)
+        newest = _store(table, writes, changelog, last)
         if self._on_written is not None:
             self._on_written(
                 {p: (offset, self._stamp(p, self.generation)) for p, offset in newest.items()}
             )
-        self._writes.clear()
+
+
+def _store(
+    table: TableT,
+    writes: list[tuple[bytes, EventT, bytes | None]],
+    changelog: str,
+    last: Mapping[tuple[str, int], int],
+) -> dict[int, int]:
+    """Write the local store, and the changelog offset it now has per partition."""
+    store: Any = table.data
+    for key, event, encoded in writes:
+        if encoded is None:
+            _delete(store, key, event.message.partition)
+        else:
+            _write(store, key, encoded, event.message.partition)
+    newest = {p: offset for (topic, p), offset in last.items() if topic == changelog}
+    for partition, offset in newest.items():
+        store.set_persisted_offset(TP(changelog, partition), offset)
+    return newest
 
 
 # The store, by partition, directly. Faust's table API finds the partition

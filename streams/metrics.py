@@ -10,7 +10,7 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -155,6 +155,13 @@ class WorkerMetrics:
             "Records a stage dead-lettered because processing them raised an error no rule "
             "anticipated (a bug the record exposed; the dead letter has the reason).",
             ["environment", "stage"],
+            registry=r,
+        )
+        self.processing_guarantee = Enum(
+            "hookline_worker_processing_guarantee",
+            "The processing guarantee in force: exactly_once (Kafka transactions) or "
+            "at_least_once (docs/consumers.md says what each lets a consumer rely on).",
+            states=["exactly_once", "at_least_once"],
             registry=r,
         )
         self.batch_size = Histogram(

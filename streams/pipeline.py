@@ -39,8 +39,14 @@ from hookline.core.sources import Source
 from hookline.gateway.throttled_log import ThrottledLog
 from hookline.schemas import codec
 from hookline.streams.activation import AwaitingActivation
-from hookline.streams.batch import Batch
+from hookline.streams.batch import Batch, send_acknowledged
 from hookline.streams.dedup import REPLAY_HEADER, Seen, classify, conflict_reason, new_entry
+from hookline.streams.exactly_once import (
+    PartitionProducers,
+    Transaction,
+    by_partition,
+    maybe_killed_in_transaction,
+)
 from hookline.streams.expiry import Expiry, StreamTime
 from hookline.streams.fencing import FencedTable
 from hookline.streams.join import MAX_MEMBERS, apply_to_transaction
@@ -156,8 +162,8 @@ class StateTable:
         #: must not read what another is still sending.
         self.lock = asyncio.Lock()
 
-    def batch(self, stage: str) -> Batch:
-        return Batch(
+    def batch(self, stage: str, transaction: Transaction | None = None) -> Batch:
+        batch = Batch(
             self.table,
             self.encode,
             self.decode,
@@ -169,6 +175,8 @@ class StateTable:
             on_read=self.on_read,
             on_write=_stamp if self.state_first else None,
         )
+        batch.transaction = transaction
+        return batch
 
     def sweep(self, batch: Batch, clock: StreamTime) -> None:
         """Write what expired into the batch (deleted, or retired)."""
@@ -188,6 +196,10 @@ def _as_json(record: dict[str, Any]) -> bytes:
         return orjson.dumps(record, default=str)
     except TypeError:
         return repr(record).encode("utf-8", "backslashreplace")
+
+
+def _input_partition(event: EventT) -> Any:
+    return event.message.tp
 
 
 def _stamp(event: EventT, record: dict[str, Any]) -> None:
@@ -282,6 +294,12 @@ class EnvironmentPipeline:
         )
         app.agent(self.order_inputs, name=f"{env}.orders")(fatal("orders", self.orders))
 
+    @property
+    def partition_producers(self) -> PartitionProducers | None:
+        """Exactly once: the input partitions' transactional producers
+        (streams/exactly_once.py, set before the worker starts); None: at least once."""
+        return getattr(self.app, "hookline_transactions", None)
+
     def _topic(self, name: str, partitions: int | None = None) -> TopicT:
         return self.app.topic(
             name,
@@ -352,16 +370,13 @@ class EnvironmentPipeline:
         say their deliveries were handled.
         """
         async for events in self._batches(stream):
-            try:
-                await self._intake_batch(events)
-            except Fenced as exc:
-                self._abandon("intake", events, exc)
+            await self._run("intake", events, self._intake_batch)
 
-    async def _intake_batch(self, events: list[EventT]) -> None:
+    async def _intake_batch(self, events: list[EventT], txn: Transaction | None) -> None:
         self.metrics.batch_size.labels("intake").observe(len(events))
-        batch, clock = self.dedup_store.batch("intake"), StreamTime()
+        batch, clock = self.dedup_store.batch("intake", txn), StreamTime()
         batch.consumed(events)
-        orders = OrderBatch(self.order_store.batch("intake"), batch.generation)
+        orders = OrderBatch(self.order_store.batch("intake", txn), batch.generation)
         letters: list[dict[str, Any]] = []
         duplicates: dict[str, int] = {}
         counted: dict[tuple[str, str], int] = {}
@@ -428,7 +443,7 @@ class EnvironmentPipeline:
                 if orders.full:
                     # An order's outbox is full: publish the orders part so far.
                     await self._publish_orders(orders)
-                    orders = OrderBatch(self.order_store.batch("intake"), batch.generation)
+                    orders = OrderBatch(self.order_store.batch("intake", txn), batch.generation)
                 batch.put(
                     event,
                     key,
@@ -443,6 +458,9 @@ class EnvironmentPipeline:
             self.dedup_store.sweep(batch, clock)
             await batch.confirm()
             await self._publish_orders(orders, batch)
+            if txn is not None:
+                await batch.write_state()
+                await self._commit(txn, events)  # before another batch reads ``orders``
         await batch.write_state()
         for (source, kind), count in counted.items():
             self.metrics.events.labels(self.env, source, kind).inc(count)
@@ -521,15 +539,12 @@ class EnvironmentPipeline:
     # -- stage 3: transaction side of the join -------------------------------
     async def transactions(self, stream: StreamT) -> None:
         async for events in self._batches(stream):
-            try:
-                await self._transactions_batch(events)
-            except Fenced as exc:
-                self._abandon("transactions", events, exc)
+            await self._run("transactions", events, self._transactions_batch)
 
-    async def _transactions_batch(self, events: list[EventT]) -> None:
+    async def _transactions_batch(self, events: list[EventT], txn: Transaction | None) -> None:
         retention = self.config.join_retention_ms
         self.metrics.batch_size.labels("transactions").observe(len(events))
-        batch, clock = self.transaction_store.batch("transactions"), StreamTime()
+        batch, clock = self.transaction_store.batch("transactions", txn), StreamTime()
         batch.consumed(events)
         held = self.held["transactions"]
         for event in events:
@@ -570,18 +585,17 @@ class EnvironmentPipeline:
                 batch.put(event, event.key, result.record)
         held.release(events)
         await self.transaction_store.finish(batch, clock)
+        if txn is not None:
+            await self._commit(txn, events)
 
     # -- stage 4: order state -------------------------------------------------
     async def orders(self, stream: StreamT) -> None:
         async for events in self._batches(stream):
-            try:
-                await self._orders_batch(events)
-            except Fenced as exc:
-                self._abandon("orders", events, exc)
+            await self._run("orders", events, self._orders_batch)
 
-    async def _orders_batch(self, events: list[EventT]) -> None:
+    async def _orders_batch(self, events: list[EventT], txn: Transaction | None) -> None:
         self.metrics.batch_size.labels("orders").observe(len(events))
-        orders = OrderBatch(self.order_store.batch("orders"))
+        orders = OrderBatch(self.order_store.batch("orders", txn))
         orders.batch.consumed(events)
         held = self.held["orders"]
         async with self.order_store.lock:
@@ -606,16 +620,22 @@ class EnvironmentPipeline:
                 if orders.full:
                     await self._publish_orders(orders)
                     generation = orders.batch.generation
-                    orders = OrderBatch(self.order_store.batch("orders"), generation)
+                    orders = OrderBatch(self.order_store.batch("orders", txn), generation)
             held.release(events)
             await self._publish_orders(orders)
+            if txn is not None:
+                await self._commit(txn, events)  # before another batch reads ``orders``
 
     async def _publish_orders(self, orders: OrderBatch, *others: Batch) -> None:
         """Write an orders batch (state first), then send its outputs and ``others``'."""
         self.order_store.sweep(orders.batch, orders.clock)
         await orders.batch.confirm()
         await orders.batch.write_state_then_send(*others)
-        self._orders_changed(orders)
+        transaction = orders.batch.transaction
+        if transaction is None:
+            self._orders_changed(orders)
+        else:
+            transaction.after_commit(lambda _: self._orders_changed(orders))
 
     def _apply_safely(
         self, orders: OrderBatch, event: EventT, key: bytes, name: str, record: dict[str, Any]
@@ -679,7 +699,8 @@ class EnvironmentPipeline:
             change = result.change
             encoded = codec.encode(codec.ORDER_CHANGE, change)
             state = codec.encode(codec.ORDER_STATE, change["after"])
-            result.record["outbox"] = [*result.record["outbox"], encoded]
+            if batch.transaction is None:  # committed with its outputs otherwise
+                result.record["outbox"] = [*result.record["outbox"], encoded]
             batch.send(self.orders_changes, key, encoded)
             batch.send(self.orders_state, key, state)
             orders.received.append(arrived)
@@ -688,7 +709,8 @@ class EnvironmentPipeline:
             # Once per fact: its key is in the record written with this batch
             # (streams/order_state.py), so a retried delivery sends nothing;
             # and in its outbox, so a crash before the send does not lose it.
-            result.record["outbox"] = [*result.record["outbox"], *facts]
+            if batch.transaction is None:
+                result.record["outbox"] = [*result.record["outbox"], *facts]
             for fact in facts:
                 batch.send(self.orders_rejected, key, fact)
         if len(result.record["outbox"]) >= MAX_OUTBOX:
@@ -737,6 +759,56 @@ class EnvironmentPipeline:
             )
 
     # -- helpers ---------------------------------------------------------------
+    async def _run(
+        self,
+        stage: str,
+        events: list[EventT],
+        body: Callable[[list[EventT], Transaction | None], Awaitable[None]],
+    ) -> None:
+        """Run a stage's batch: whole (at least once), or one transaction per input partition.
+
+        A part that was fenced is dropped unacked (:meth:`_abandon`); ``events``
+        keeps, in place, what the next batch request acks (streams/take.py).
+        """
+        transactions = self.partition_producers
+        if transactions is None:
+            try:
+                await body(events, None)
+            except Fenced as exc:
+                self._abandon(stage, events, exc)
+            if events:
+                maybe_killed_in_transaction(stage)  # test-only: before the offset commit
+            return
+        kept: list[EventT] = []
+        for part in by_partition(events, _input_partition):
+            try:
+                await body(part, Transaction(transactions, part[0].message.tp))
+            except Fenced as exc:
+                self._abandon(stage, part, exc)
+            kept += part
+        events[:] = kept
+
+    async def _commit(self, txn: Transaction, events: list[EventT]) -> None:
+        """Commit a partition's part: its writes and the offset after its last input.
+
+        ``events`` is the part as the stage left it: without the records a
+        held partition stops at (streams/unreadable.py), so none of those is
+        committed.
+        """
+        next_offset = max(event.message.offset for event in events) + 1 if events else None
+        stage = self._stage_of(txn)
+        await txn.commit(
+            next_offset, lambda producer, sends: send_acknowledged(producer, sends, stage), stage
+        )
+
+    def _stage_of(self, txn: Transaction) -> str:
+        topic = txn.tp.topic
+        if topic == self.raw.get_topic_name():
+            return "intake"
+        if topic == self.transaction_facts.get_topic_name():
+            return "transactions"
+        return "orders"
+
     def _decode(self, event: EventT, name: str) -> dict[str, Any] | None:
         try:
             return codec.decode_as(name, event.value)
