@@ -201,6 +201,7 @@ class Reader:
         self.topics = [topics.orders_changes(e) for e in environments]
         self.topics += [topics.orders_state(e) for e in environments]
         self.consumer = AIOKafkaConsumer(
+            isolation_level="read_committed",
             bootstrap_servers=bootstrap,
             group_id=None,
             enable_auto_commit=False,

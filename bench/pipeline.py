@@ -297,7 +297,11 @@ async def move(
     # A short fetch wait: the embedded broker answers a waiting fetch only when
     # its wait ends, not when data arrives (Kafka answers at once).
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False, fetch_max_wait_ms=10
+        isolation_level="read_committed",
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
     )
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
     await consumer.start()
@@ -407,6 +411,7 @@ async def forward(bootstrap: str) -> None:
     """
     consumer = AIOKafkaConsumer(
         BASELINE_IN,
+        isolation_level="read_committed",
         bootstrap_servers=bootstrap,
         group_id=FORWARDER_GROUP,
         auto_offset_reset="earliest",

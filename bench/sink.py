@@ -158,7 +158,11 @@ async def bare_read(bootstrap: str, expected: int) -> dict[str, float]:
     consumer runs here, and nothing else does while it reads.
     """
     consumer = AIOKafkaConsumer(
-        *TOPICS, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+        *TOPICS,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
     )
     await consumer.start()
     try:

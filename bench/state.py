@@ -203,7 +203,10 @@ async def measure(
     """
     changes_topic = topics.orders_changes(ENVIRONMENT)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        isolation_level="read_committed",
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
     )
     await consumer.start()
     progress = Progress()
@@ -343,7 +346,10 @@ async def warm_up(bootstrap: str, tag: str, count: int) -> None:
     progress = Progress()
     changes_topic = topics.orders_changes(ENVIRONMENT)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False
+        isolation_level="read_committed",
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        enable_auto_commit=False,
     )
     await consumer.start()
     try:

@@ -243,6 +243,7 @@ async def tail(
     from hookline.core.topics import partitions_of
 
     consumer = AIOKafkaConsumer(
+        isolation_level="read_committed",
         bootstrap_servers=bootstrap,
         group_id=None,
         enable_auto_commit=False,

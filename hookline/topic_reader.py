@@ -37,7 +37,7 @@ class TopicReader:
         also_required: Iterable[str] = (),
         client_id: str = "hookline-operator",
         connect_timeout_s: float = 15.0,
-        isolation_level: str = "read_uncommitted",
+        isolation_level: str = "read_committed",
     ) -> None:
         """``isolation_level="read_committed"``: only what committed transactions wrote
         (with Kafka transactions, PRODUCT.md section 5; the same as uncommitted on Tansu)."""

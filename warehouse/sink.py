@@ -358,6 +358,7 @@ class Sink:
         while not self._stop.is_set():
             attempt += 1
             consumer = AIOKafkaConsumer(
+                isolation_level="read_committed",
                 bootstrap_servers=self.config.bootstrap_servers,
                 group_id=self.config.group_id,
                 enable_auto_commit=False,

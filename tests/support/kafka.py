@@ -63,6 +63,7 @@ async def read_topics(
     """
     consumer = AIOKafkaConsumer(
         *topics,
+        isolation_level="read_committed",
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
