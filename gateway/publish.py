@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnknownError, UnsupportedVersionError
 from hookline.core.partitioner import partition_for
 from hookline.core.topics import TopicSpec, ensure_topics
 from hookline.gateway.time_limit import TimeLimit
@@ -65,12 +65,16 @@ class Publisher:
 
     async def _connect(self) -> None:
         attempt = 0
+        idempotent = True
         while True:
             attempt += 1
             producer = AIOKafkaProducer(
                 bootstrap_servers=self._bootstrap,
                 acks="all",
-                enable_idempotence=False,
+                # A send retried after a lost acknowledgement is written once
+                # (Kafka); the embedded broker has no idempotent producer, and
+                # the worker's deduplication absorbs such a repeat there.
+                enable_idempotence=idempotent,
                 linger_ms=0,
                 # One produce request per broker is in flight at a time, and it
                 # carries one batch per partition: with the default 16 KiB,
@@ -88,6 +92,13 @@ class Publisher:
                 await self._ensure_topics(timeout_s=10.0)
                 await producer.start()
             except (TimeoutError, KafkaError, OSError) as exc:
+                if idempotent and isinstance(exc, (UnknownError, UnsupportedVersionError)):
+                    # The cluster answered and refused a producer id: no idempotence.
+                    with contextlib.suppress(Exception):
+                        await producer.stop()
+                    log.info("the broker has no idempotent producer (%r): sending without", exc)
+                    idempotent = False
+                    continue
                 with contextlib.suppress(Exception):
                     await producer.stop()
                 if attempt == 1 or attempt % 30 == 0:
@@ -99,7 +110,11 @@ class Publisher:
             producer.client.cluster.add_listener(lambda cluster: self._partition_ids.clear())
             self._producer = producer
             self._topics_checked = True
-            log.info("connected to Kafka at %s", self._bootstrap)
+            log.info(
+                "connected to Kafka at %s (%s producer)",
+                self._bootstrap,
+                "idempotent" if idempotent else "non-idempotent",
+            )
             return
 
     async def _ensure_topics(self, timeout_s: float) -> None:
