@@ -222,8 +222,14 @@ async def committed_against_ends(bootstrap: str) -> dict[str, str]:
         await consumer.stop()
 
 
-def check_exact(records: list[Record], expected: dict[str, dict[str, Any]]) -> dict[str, int]:
-    """Final states exact; versions 1..n per order; every re-emit byte-identical."""
+def check_exact(
+    records: list[Record], expected: dict[str, dict[str, Any]], once: bool = False
+) -> dict[str, int]:
+    """Final states exact; versions 1..n per order; every re-emit byte-identical.
+
+    ``once`` (exactly once, Apache Kafka): read ``read_committed``, no
+    (order, version) comes twice, in ``orders.changes`` or ``orders.state``.
+    """
     states = latest_by_key([r for r in records if r.topic == "production.orders.state"])
     by_version: dict[tuple[str, int], set[bytes]] = defaultdict(set)
     for record in records:
@@ -243,6 +249,14 @@ def check_exact(records: list[Record], expected: dict[str, dict[str, Any]]) -> d
     stats["change_records"] = sum(
         1 for r in records if r.topic == "production.orders.changes" and r.key in expected
     )
+    if once:
+        for topic in ("production.orders.changes", "production.orders.state"):
+            seen: dict[tuple[str, int], int] = defaultdict(int)
+            for record in records:
+                if record.topic == topic and record.key in expected:
+                    seen[(record.key, record.value["version"])] += 1
+            twice = sorted(key for key, count in seen.items() if count > 1)
+            assert not twice, f"{topic}: {len(twice)} (order, version) read twice: {twice[:5]}"
     return stats
 
 
@@ -254,7 +268,7 @@ def metric(worker: processes.ServiceProcess, name: str) -> float:
 
 @pytest.mark.slow
 async def test_sigkill_mid_stream_loses_nothing_and_repeats_identically(
-    env: dict[str, str], bootstrap: str, log_dir: Path
+    broker_kind: str, env: dict[str, str], bootstrap: str, log_dir: Path
 ) -> None:
     # The production store: the replacement restarts on the same RocksDB
     # directory, as a worker restarted on its host would.
@@ -277,7 +291,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_identically(
         await producing
         assert killed.is_set()
         records = await final_records(bootstrap, expected)
-        stats = check_exact(records, expected)
+        stats = check_exact(records, expected, once=broker_kind == "kafka")
         replayed = metric(replacement[0], "hookline_worker_replayed_inputs_total")
         print(f"crash test: {stats}, inputs found already applied after restart: {replayed:g}")
     finally:
@@ -288,7 +302,7 @@ async def test_sigkill_mid_stream_loses_nothing_and_repeats_identically(
 
 @pytest.mark.slow
 async def test_two_workers_reach_the_same_state_as_one(
-    env: dict[str, str], bootstrap: str, log_dir: Path
+    broker_kind: str, env: dict[str, str], bootstrap: str, log_dir: Path
 ) -> None:
     one = processes.worker(env, log_dir).start(timeout=90)
     two = processes.worker(env, log_dir)
@@ -299,7 +313,7 @@ async def test_two_workers_reach_the_same_state_as_one(
         deliveries, expected = scenario(orders=200)
         await produce(bootstrap, deliveries, RATE_PER_S)
         records = await final_records(bootstrap, expected)
-        check_exact(records, expected)
+        check_exact(records, expected, once=broker_kind == "kafka")
         # Both took part: each processed some canonical events.
         assert metric(one, "hookline_worker_events_total") > 0
         assert metric(two, "hookline_worker_events_total") > 0
@@ -310,7 +324,7 @@ async def test_two_workers_reach_the_same_state_as_one(
 
 @pytest.mark.slow
 async def test_two_workers_one_killed_mid_stream_end_exact(
-    env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
+    broker_kind: str, env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
 ) -> None:
     """PRODUCT v2 scenario: re-checkouts, refunds, re-serialized retries; one of two killed.
 
@@ -333,7 +347,7 @@ async def test_two_workers_one_killed_mid_stream_end_exact(
 
         await produce(bootstrap, deliveries, RATE_PER_S, kill_midway)
         records = await final_records(bootstrap, expected)
-        stats = check_exact(records, expected)
+        stats = check_exact(records, expected, once=broker_kind == "kafka")
         print(f"two workers, one killed: {stats}")
         assert metric(one, "hookline_worker_events_total") > 0
     finally:
@@ -342,8 +356,78 @@ async def test_two_workers_one_killed_mid_stream_end_exact(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage", ["intake", "orders"])
+async def test_two_workers_one_killed_mid_transaction_end_exact(
+    broker_kind: str,
+    stage: str,
+    env: dict[str, str],
+    bootstrap: str,
+    log_dir: Path,
+    tmp_path: Path,
+) -> None:
+    """One of two workers dies with a batch's records sent and its offsets not committed.
+
+    Exactly once (Kafka): its open transaction is aborted when the survivor
+    takes the partition's transactional id over, and a ``read_committed``
+    reader sees each (order, version) once. At least once (Tansu): the batch
+    is processed again, with byte-identical records.
+    """
+    survivor = processes.worker({**env, "HOOKLINE_DATA_DIR": str(tmp_path / "one")}, log_dir)
+    doomed = processes.worker(
+        {**env, "HOOKLINE_DATA_DIR": str(tmp_path / "two"), "HOOKLINE_KILL_IN_TRANSACTION": stage},
+        log_dir,
+    )
+    survivor.start(timeout=90)
+    await asyncio.to_thread(doomed.start, 120)
+    deliveries, expected = scenario(orders=120)
+    try:
+        for worker in (survivor, doomed):
+            await asyncio.to_thread(worker.wait_ready, 60)
+        await produce(bootstrap, deliveries, RATE_PER_S)
+        assert doomed.process is not None
+        assert await asyncio.to_thread(doomed.process.wait, 30) == -signal.SIGKILL
+        records = await final_records(bootstrap, expected)
+        stats = check_exact(records, expected, once=broker_kind == "kafka")
+        print(f"two workers, one killed mid-transaction in {stage}: {stats}")
+    finally:
+        survivor.stop()
+        doomed.kill()
+
+
+@pytest.mark.slow
+async def test_the_worker_says_which_guarantee_is_in_force(
+    broker_kind: str, env: dict[str, str], log_dir: Path
+) -> None:
+    """Exactly once by default where the broker has transactions; said at start and in /metrics."""
+    expected = "exactly_once" if broker_kind == "kafka" else "at_least_once"
+    worker = processes.worker(env, log_dir).start(timeout=90)
+    try:
+        assert f"processing guarantee: {expected}" in worker.log()
+        url = f"{worker.url}/metrics"  # type: ignore[attr-defined]
+        text = (await asyncio.to_thread(httpx.get, url, timeout=5)).text
+        name = "hookline_worker_processing_guarantee"
+        assert f'{name}{{{name}="{expected}"}} 1.0' in text
+    finally:
+        worker.stop()
+    forced = {**env, "HOOKLINE_PROCESSING_GUARANTEE": "exactly_once"}
+    if broker_kind == "kafka":
+        forced["HOOKLINE_PROCESSING_GUARANTEE"] = "at_least_once"
+        worker = processes.worker(forced, log_dir).start(timeout=90)
+        try:
+            assert "processing guarantee: at_least_once (as configured)" in worker.log()
+        finally:
+            worker.stop()
+        return
+    # No transactions on the embedded broker: asking for them is a clear error, not a start.
+    refused = processes.worker(forced, log_dir).launch()
+    assert refused.process is not None
+    assert await asyncio.to_thread(refused.process.wait, 60) == 1
+    assert "the broker has no transactions" in refused.log()
+
+
+@pytest.mark.slow
 async def test_killed_worker_moved_to_an_empty_data_directory_keeps_one_content_per_version(
-    env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
+    broker_kind: str, env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
 ) -> None:
     """kill -9, restart on the same RocksDB disk, kill -9 again, move to an empty disk.
 
@@ -370,7 +454,7 @@ async def test_killed_worker_moved_to_an_empty_data_directory_keeps_one_content_
         await produce(bootstrap, deliveries, RATE_PER_S, crash)
         assert len(workers) == 3
         records = await final_records(bootstrap, expected)
-        stats = check_exact(records, expected)
+        stats = check_exact(records, expected, once=broker_kind == "kafka")
         print(f"killed, restarted on its disk, killed, moved to an empty disk: {stats}")
     finally:
         for worker in workers:
@@ -401,7 +485,7 @@ async def until_stopped(worker: processes.ServiceProcess, timeout: float) -> Non
 
 @pytest.mark.slow
 async def test_a_worker_paused_past_its_session_writes_nothing_stale(
-    env: dict[str, str], bootstrap: str, log_dir: Path
+    broker_kind: str, env: dict[str, str], bootstrap: str, log_dir: Path
 ) -> None:
     """A worker frozen mid-batch loses its partitions, wakes up, and must not write.
 
@@ -442,7 +526,7 @@ async def test_a_worker_paused_past_its_session_writes_nothing_stale(
         # Every order exact, and no version with two contents: the state topic
         # ends on each order's newest version, not on a late stale one.
         records = await final_records(bootstrap, expected)
-        stats = check_exact(records, expected)
+        stats = check_exact(records, expected, once=broker_kind == "kafka")
         print(f"paused past its session: {stats}")
         assert paused.process.poll() is None, paused.tail()
     finally:
@@ -541,7 +625,7 @@ async def test_expired_keys_are_deleted_from_tables(
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["intake", "transactions", "orders"])
 async def test_a_failed_send_is_never_committed(
-    stage: str, env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
+    broker_kind: str, stage: str, env: dict[str, str], bootstrap: str, log_dir: Path, tmp_path: Path
 ) -> None:
     """A batch whose sends fail ends the worker before its offsets can be committed.
 
@@ -561,7 +645,7 @@ async def test_a_failed_send_is_never_committed(
     finally:
         faulty.kill()
     async with restarted(env, log_dir):
-        check_exact(await final_records(bootstrap, expected), expected)
+        check_exact(await final_records(bootstrap, expected), expected, once=broker_kind == "kafka")
 
 
 @asynccontextmanager
@@ -586,7 +670,7 @@ async def backlog(bootstrap: str, env: dict[str, str], log_dir: Path, deliveries
 
 @pytest.mark.slow
 async def test_orders_written_but_not_sent_are_sent_by_the_next_worker(
-    env: dict[str, str], bootstrap: str, log_dir: Path
+    broker_kind: str, env: dict[str, str], bootstrap: str, log_dir: Path
 ) -> None:
     """The orders table is written state first; a worker that dies before sending owes it.
 
@@ -594,7 +678,10 @@ async def test_orders_written_but_not_sent_are_sent_by_the_next_worker(
     order) writes its orders records, then fails to send every output and
     exits. The next worker must send each of those versions, every one of
     them, before any newer version of the same order (streams/redelivery.py).
+    The outbox exists in at-least-once mode only (with transactions nothing
+    is written without its outputs), so that is the mode tested, on both brokers.
     """
+    env = {**env, "HOOKLINE_PROCESSING_GUARANTEE": "at_least_once"}
     deliveries, expected = scenario(orders=4)
     await backlog(bootstrap, env, log_dir, deliveries)
     # Launched, not started: it exits as soon as it is ready and reads its first batch.
@@ -612,7 +699,7 @@ async def test_orders_written_but_not_sent_are_sent_by_the_next_worker(
     ]
     assert any(len(r.value["outbox"]) > 1 for r in written), "no order had two changes in a batch"
     async with restarted(env, log_dir) as healthy:
-        check_exact(await final_records(bootstrap, expected), expected)
+        check_exact(await final_records(bootstrap, expected), expected, once=broker_kind == "kafka")
         owed = sum(len(r.value["outbox"]) for r in written)
         assert metric(healthy, "hookline_worker_republished_changes_total") >= owed
 
@@ -621,7 +708,11 @@ async def test_orders_written_but_not_sent_are_sent_by_the_next_worker(
 async def test_an_order_changing_in_every_input_of_a_batch_keeps_its_outbox_bounded(
     env: dict[str, str], bootstrap: str, log_dir: Path
 ) -> None:
-    """More changes to one order than an outbox holds, in one batch: flushed part way."""
+    """More changes to one order than an outbox holds, in one batch: flushed part way.
+
+    At-least-once mode, on both brokers: with transactions there is no outbox.
+    """
+    env = {**env, "HOOKLINE_PROCESSING_GUARANTEE": "at_least_once"}
     order = traffic.unique("ord")
     bodies = []
     for n in range(3 * MAX_OUTBOX):
