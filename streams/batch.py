@@ -74,6 +74,7 @@ from faust.types import TP, EventT, TableT, TopicT
 from hookline.core.partitioner import key_hash
 from hookline.streams.exactly_once import Transaction
 from hookline.streams.fencing import generation_header
+from hookline.streams.internals import aiokafka_producer, store_delete, store_get, store_put
 from hookline.streams.membership import confirm_membership
 from hookline.streams.redelivery import renew
 
@@ -197,7 +198,7 @@ class Batch:
         if pending is not None:
             value = pending[1]
             return None if value is DELETE else value
-        stored = _read(self.table.data, key, event.message.partition)
+        stored = store_get(self.table.data, key, event.message.partition)
         if stored is None:
             return None
         value = self._decode(stored)
@@ -289,15 +290,15 @@ class Batch:
         """Send this batch's outputs (and ``others``'), wait for their acknowledgements."""
         sends = self._sends
         for other in others:
-            sends = sends + other._sends
+            sends = sends + other._sends  # noqa: SLF001 (another Batch)
         if self.transaction is not None:
             self.transaction.send(sends)
         else:
-            producer = self.table.app.producer._ensure_producer()
+            producer = aiokafka_producer(self.table.app)
             await send_acknowledged(producer, sends, self.stage)
         self._sends.clear()
         for other in others:
-            other._sends.clear()
+            other._sends.clear()  # noqa: SLF001 (another Batch)
 
     async def write_state(self) -> None:
         """Send the changelog records, wait for them; then write the local store
@@ -334,7 +335,7 @@ class Batch:
             transaction.send(records)
             transaction.after_commit(lambda last: _store(table, writes, changelog, last))
             return
-        producer = table.app.producer._ensure_producer()
+        producer = aiokafka_producer(table.app)
         last = await send_acknowledged(producer, records)
         newest = _store(table, writes, changelog, last)
         if self._on_written is not None:
@@ -353,41 +354,13 @@ def _store(
     store: Any = table.data
     for key, event, encoded in writes:
         if encoded is None:
-            _delete(store, key, event.message.partition)
+            store_delete(store, key, event.message.partition)
         else:
-            _write(store, key, encoded, event.message.partition)
+            store_put(store, key, encoded, event.message.partition)
     newest = {p: offset for (topic, p), offset in last.items() if topic == changelog}
     for partition, offset in newest.items():
         store.set_persisted_offset(TP(changelog, partition), offset)
     return newest
-
-
-# The store, by partition, directly. Faust's table API finds the partition
-# from a context variable (the current event) through several layers: setting
-# it and going through them for every read and write cost ~5 % of the CPU.
-
-
-def _read(store: Any, key: bytes, partition: int) -> bytes | None:
-    if hasattr(store, "_db_for_partition"):  # RocksDB: one database per partition
-        value: bytes | None = store._db_for_partition(partition).get(key)
-        return value
-    return store.data.get(key)  # type: ignore[no-any-return]  # memory
-
-
-def _write(store: Any, key: bytes, value: bytes, partition: int) -> None:
-    if hasattr(store, "_db_for_partition"):
-        store._db_for_partition(partition).put(key, value)
-    else:  # memory; the key's partition, for expiry and a partition's hand-over
-        store.data[key] = value
-        store._key_partition[key] = partition
-
-
-def _delete(store: Any, key: bytes, partition: int) -> None:
-    if hasattr(store, "_db_for_partition"):  # RocksDB: one database per partition
-        store._db_for_partition(partition).delete(key)
-    else:  # memory
-        store.data.pop(key, None)
-        store._key_partition.pop(key, None)
 
 
 def _name(topic: TopicT, _names: dict[int, str] = {}) -> str:  # noqa: B006 (a cache)

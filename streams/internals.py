@@ -78,11 +78,12 @@ def set_fetch_max_wait(consumer: AIOKafkaConsumer, ms: int) -> None:
 def set_isolation_level(consumer: AIOKafkaConsumer, level: str) -> None:
     """Set ``read_committed`` (or not) on a consumer Faust made, before it starts.
 
-    Faust reads committed records only in its own exactly-once mode, which
-    also replaces its producer; hookline's exactly-once mode keeps Faust's
-    producer and brings its own transactional ones (streams/exactly_once.py),
-    so the consumer Faust made is told here. aiokafka reads the attribute
-    when ``start()`` makes its fetcher.
+    Faust reads only committed records in its own exactly-once mode alone,
+    which also replaces its producer, and has no setting for it otherwise.
+    The worker reads committed records in both of its modes (its own
+    transactional writes, streams/exactly_once.py, and any transactional
+    writer upstream), so the consumer is told here; aiokafka reads the
+    attribute when ``start()`` makes its fetcher.
     """
     consumer._isolation_level = level
 

@@ -49,6 +49,7 @@ from hookline.streams.exactly_once import (
 )
 from hookline.streams.expiry import Expiry, StreamTime
 from hookline.streams.fencing import FencedTable
+from hookline.streams.internals import committed_offset
 from hookline.streams.join import MAX_MEMBERS, apply_to_transaction
 from hookline.streams.membership import Fenced
 from hookline.streams.metrics import WorkerMetrics, observe_all
@@ -728,9 +729,7 @@ class EnvironmentPipeline:
         """
         message = event.message
         topic = record.get("input_topic")
-        committed = (
-            self.app.consumer._committed_offset.get(TP(topic, message.partition)) if topic else None
-        )
+        committed = committed_offset(self.app, TP(topic, message.partition)) if topic else None
         owed = unpublished(record, committed)
         if not owed:
             record["outbox"] = []

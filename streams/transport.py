@@ -64,6 +64,7 @@ from faust.transport.drivers import aiokafka as driver
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 from hookline.core.settings import DEFAULT_FETCH_MAX_WAIT_MS
+from hookline.streams import internals
 from hookline.streams.client_settings import worker_client_settings
 from hookline.streams.end_offsets import fetched_end_offsets
 from hookline.streams.exactly_once import PartitionProducers, committed_end_offsets
@@ -101,17 +102,17 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         # Read when the consumer starts its fetcher; not otherwise exposed.
-        consumer._fetch_max_wait_ms = fetch_max_wait_ms(self.app)
+        internals.set_fetch_max_wait(consumer, fetch_max_wait_ms(self.app))
         # Only what committed transactions wrote, in both modes (the worker's own
         # exactly-once writes, a transactional upstream writer of raw); Faust
         # sets it only for its own exactly-once mode.
-        consumer._isolation_level = "read_committed"
+        internals.set_isolation_level(consumer, "read_committed")
         return consumer
 
     async def on_start(self) -> None:
         await super().on_start()
         # Created by start(); not a consumer setting.
-        self._ensure_consumer()._fetcher._prefetch_backoff = PREFETCH_BACKOFF_S
+        internals.set_prefetch_backoff(self._ensure_consumer(), PREFETCH_BACKOFF_S)
 
     def fetch_positions(self, partitions: list[TP]) -> dict[TP, int]:
         """The next offset the client will fetch, per assigned partition that has one.
@@ -119,17 +120,7 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         Runs in the consumer thread; reads aiokafka's subscription state
         without waiting (``position()`` would wait for a position to be set).
         """
-        subscription = self._ensure_consumer()._subscription
-        assignment = subscription.subscription and subscription.subscription.assignment
-        if assignment is None:
-            return {}
-        positions = {}
-        for tp in partitions:
-            if subscription.is_assigned(tp):
-                state = assignment.state_value(tp)
-                if state is not None and state.has_valid_position:
-                    positions[tp] = state.position
-        return positions
+        return internals.fetch_positions(self._ensure_consumer(), partitions)
 
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """End offsets a table recovery can reach (streams/end_offsets.py, streams/exactly_once.py).
@@ -166,8 +157,7 @@ def read_cleared_records_again(
     def clear_and_rewind() -> None:
         dropped = [
             (message.tp, message.offset)
-            for queue in flow._queues
-            for item in queue._queue  # type: ignore[attr-defined]
+            for item in internals.flow_control_queued(flow)
             if (message := getattr(item, "message", None)) is not None and is_input(message.topic)
         ]
         clear()
@@ -280,9 +270,9 @@ class Consumer(driver.Consumer):
         elif tp in self._routes:
             return self._routes[tp]
         conductor: Any = self.app.topics
-        if conductor._tp_to_callback_lock.locked():
+        channels = internals.conductor_channels(conductor, tp)
+        if channels is None:
             return None
-        channels = conductor._tp_index.get(tp) or ()
         route = None
         if len(channels) == 1:
             (channel,) = channels
@@ -484,7 +474,7 @@ class Consumer(driver.Consumer):
         callback = self.callback
         poll = self._poll
         consumer_should_stop = self._stopped.is_set  # type: ignore[attr-defined]
-        fetcher_should_stop = fetcher._stopped.is_set  # type: ignore[attr-defined]
+        fetcher_should_stop = internals.stopped_flag(fetcher)
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
