@@ -138,7 +138,13 @@ async def send_acknowledged(
             builder.close()
             future = await producer.send_batch(builder, topic, partition=partition)
             pending.append(((topic, partition), builder.record_count(), future))
-    acks = await asyncio.gather(*(future for _, _, future in pending))
+    # Every future awaited, so that a failure shared by several (a fenced
+    # transactional producer) is raised once, not also logged as unretrieved.
+    results = await asyncio.gather(*(future for _, _, future in pending), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    acks: list[RecordMetadata] = results  # type: ignore[assignment]
     last: dict[tuple[str, int], int] = {}
     for (tp, count, _), ack in zip(pending, acks, strict=True):
         offset = ack.offset + count - 1

@@ -361,8 +361,10 @@ async def test_raw_leader_killed_loses_no_acknowledged_delivery(
                     await asyncio.sleep(0.1)
 
         try:
-            # The gateway creates raw when it connects; every partition led and in sync.
+            # The gateway creates raw when it connects; every partition led and in sync,
+            # and the gateway's producer started (its idempotent producer id granted).
             await wait_isr_full(bootstrap)
+            await asyncio.to_thread(gateway.wait_ready, 60, f"{url}/readyz")
             clients = [asyncio.create_task(client()) for _ in range(3)]
             await asyncio.sleep(4)
             led = await leaders(bootstrap, RAW)
