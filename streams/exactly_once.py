@@ -223,12 +223,14 @@ class Transaction:
     store writes with the offsets the changelog records got.
     """
 
-    __slots__ = ("_after", "_sends", "group", "producers", "tp")
+    __slots__ = ("_after", "_sends", "group", "next_offset", "producers", "tp")
 
     def __init__(self, producers: PartitionProducers, tp: TP) -> None:
         self.producers = producers
         self.group = producers.group
         self.tp = tp
+        #: The input offset to commit, set once the part is computed (None: none).
+        self.next_offset: int | None = None
         self._sends: list[Any] = []
         self._after: list[Callable[[Mapping[tuple[str, int], int]], None]] = []
 

@@ -22,6 +22,7 @@ never share a topic with production ones.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -382,7 +383,7 @@ class EnvironmentPipeline:
         duplicates: dict[str, int] = {}
         counted: dict[tuple[str, str], int] = {}
         held = self.held["intake"]
-        async with self.order_store.lock:
+        async with self._orders_lock(txn):
             for event in events:
                 if held.holds(event):
                     continue
@@ -461,7 +462,7 @@ class EnvironmentPipeline:
             await self._publish_orders(orders, batch)
             if txn is not None:
                 await batch.write_state()
-                await self._commit(txn, events)  # before another batch reads ``orders``
+                self._seal(txn, events)
         await batch.write_state()
         for (source, kind), count in counted.items():
             self.metrics.events.labels(self.env, source, kind).inc(count)
@@ -587,7 +588,7 @@ class EnvironmentPipeline:
         held.release(events)
         await self.transaction_store.finish(batch, clock)
         if txn is not None:
-            await self._commit(txn, events)
+            self._seal(txn, events)
 
     # -- stage 4: order state -------------------------------------------------
     async def orders(self, stream: StreamT) -> None:
@@ -599,7 +600,7 @@ class EnvironmentPipeline:
         orders = OrderBatch(self.order_store.batch("orders", txn))
         orders.batch.consumed(events)
         held = self.held["orders"]
-        async with self.order_store.lock:
+        async with self._orders_lock(txn):
             for event in events:
                 if held.holds(event):
                     continue
@@ -625,7 +626,7 @@ class EnvironmentPipeline:
             held.release(events)
             await self._publish_orders(orders)
             if txn is not None:
-                await self._commit(txn, events)  # before another batch reads ``orders``
+                self._seal(txn, events)
 
     async def _publish_orders(self, orders: OrderBatch, *others: Batch) -> None:
         """Write an orders batch (state first), then send its outputs and ``others``'."""
@@ -778,35 +779,47 @@ class EnvironmentPipeline:
             if events:
                 maybe_killed_in_transaction(stage)  # test-only: before the offset commit
             return
+        # Parts are computed one after the other and committed together: each
+        # has its own producer, and their keys never meet (a table key lives
+        # in its input's partition). A stage writing table ``orders`` holds
+        # its lock until every part's store writes are applied.
+        lock = self.order_store.lock if stage != "transactions" else contextlib.nullcontext()
+        parts: list[tuple[list[EventT], Transaction]] = []
+        async with lock:
+            for part in by_partition(events, _input_partition):
+                txn = Transaction(transactions, part[0].message.tp)
+                await body(part, txn)
+                parts.append((part, txn))
+
+            def send(producer: Any, sends: list[Any]) -> Any:
+                return send_acknowledged(producer, sends, stage)
+
+            results = await asyncio.gather(
+                *(txn.commit(txn.next_offset, send, stage) for _, txn in parts),
+                return_exceptions=True,
+            )
         kept: list[EventT] = []
-        for part in by_partition(events, _input_partition):
-            try:
-                await body(part, Transaction(transactions, part[0].message.tp))
-            except Fenced as exc:
-                self._abandon(stage, part, exc)
+        for (part, _), result in zip(parts, results, strict=True):
+            if isinstance(result, Fenced):
+                self._abandon(stage, part, result)
+            elif isinstance(result, BaseException):
+                raise result
             kept += part
         events[:] = kept
 
-    async def _commit(self, txn: Transaction, events: list[EventT]) -> None:
-        """Commit a partition's part: its writes and the offset after its last input.
+    def _orders_lock(self, txn: Transaction | None) -> Any:
+        """Table ``orders``'s lock for an at-least-once batch (:meth:`_run` holds it otherwise)."""
+        return self.order_store.lock if txn is None else contextlib.nullcontext()
+
+    @staticmethod
+    def _seal(txn: Transaction, events: list[EventT]) -> None:
+        """The part is computed: its transaction commits the offset after its last input.
 
         ``events`` is the part as the stage left it: without the records a
         held partition stops at (streams/unreadable.py), so none of those is
         committed.
         """
-        next_offset = max(event.message.offset for event in events) + 1 if events else None
-        stage = self._stage_of(txn)
-        await txn.commit(
-            next_offset, lambda producer, sends: send_acknowledged(producer, sends, stage), stage
-        )
-
-    def _stage_of(self, txn: Transaction) -> str:
-        topic = txn.tp.topic
-        if topic == self.raw.get_topic_name():
-            return "intake"
-        if topic == self.transaction_facts.get_topic_name():
-            return "transactions"
-        return "orders"
+        txn.next_offset = max(event.message.offset for event in events) + 1 if events else None
 
     def _decode(self, event: EventT, name: str) -> dict[str, Any] | None:
         try:
