@@ -34,7 +34,7 @@ from typing import Any
 from hookline.warehouse import rows, tables
 from hookline.warehouse.rows import TableDef
 from hookline.warehouse.tables import WarehouseError
-from hookline.warehouse.version_index import VersionIndex
+from hookline.warehouse.version_index import VersionIndex, from_micros
 from pyiceberg.catalog import Catalog
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import (
@@ -57,7 +57,8 @@ class PartitionBatch:
 
     base: int | None  # the table's offset this batch continues from (None: it had none)
     next_offset: int  # the offset after the last record consumed
-    rows: list[dict[str, Any]] = field(default_factory=list)
+    # rows.Row tuples (the sink's), or rows.to_row dicts
+    rows: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -105,6 +106,8 @@ class TableWriter:
         self._table: Table | None = None
         self._index: VersionIndex | None = None
         self._index_file = index_file or index_path(catalog, self.identifier)
+        #: decoded Avro record -> rows.Row (rows.row_reader)
+        self.read_row = rows.row_reader(table_def)
 
     @property
     def index(self) -> VersionIndex:
@@ -149,8 +152,8 @@ class TableWriter:
             result.fenced = {p: current.get(p) for p in parts if p not in accepted}
             if not accepted:
                 break
-            batch = [row for b in accepted.values() for row in b.rows]
-            unique = rows.unique_rows(self.table_def, batch)
+            batch = [rows.as_row(self.table_def, r) for b in accepted.values() for r in b.rows]
+            unique = rows.latest_rows(self.table_def, batch)
             new, replace, stale, duplicates = self._against_table(table, unique)
             # Versioned: an older version in the same batch is superseded (stale).
             if self.table_def.version_column is not None:
@@ -164,7 +167,7 @@ class TableWriter:
                 if replace is not None:
                     transaction.delete(replace)
                 transaction.append(
-                    tables.arrow_rows(table, new),
+                    tables.arrow_table(table, self.table_def, new),
                     snapshot_properties=tables.offsets_property(offsets),
                 )
                 transaction.commit_transaction()
@@ -189,38 +192,46 @@ class TableWriter:
         return result
 
     def _against_table(
-        self, table: Table, batch: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], BooleanExpression | None, int, int]:
+        self, table: Table, batch: list[rows.Row]
+    ) -> tuple[list[rows.Row], BooleanExpression | None, int, int]:
         """(rows to append, filter of rows they replace, stale count, duplicate count)."""
         if self.table_def.version_column is not None:
             return self._newer_versions(table, batch)
         if not batch or table.current_snapshot() is None:
             return batch, None, 0, 0
-        first = self.table_def.key[0]
-        time_column = self.table_def.time_column
-        times = [row[time_column] for row in batch]
+        time_at = rows.position(self.table_def, self.table_def.time_column)
+        times = [row[time_at] for row in batch]
         # A re-emitted record has the same time, so only the batch's time
         # range can hold a copy: partition and file statistics prune the rest.
+        # Only the time range goes to pyiceberg: an In filter of a batch's
+        # thousands of keys costs more to bind than the rows it would skip
+        # (random keys prune no file), so the keys are matched here.
+        time_column = self.table_def.time_column
         found = table.scan(
             row_filter=And(
-                In(first, {row[first] for row in batch}),
-                And(
-                    GreaterThanOrEqual(time_column, _at(min(times))),
-                    LessThanOrEqual(time_column, _at(max(times))),
-                ),
+                GreaterThanOrEqual(time_column, _at(from_micros(min(times)))),
+                LessThanOrEqual(time_column, _at(from_micros(max(times)))),
             ),
             selected_fields=self.table_def.key,
         ).to_arrow()
-        existing = set(zip(*(found.column(k).to_pylist() for k in self.table_def.key), strict=True))
-        new = [row for row in batch if rows.key_of(self.table_def, row) not in existing]
+        keys = [rows.position(self.table_def, k) for k in self.table_def.key]
+        if len(keys) == 1:
+            existing: set[Any] = set(found.column(self.table_def.key[0]).to_pylist())
+            new = [row for row in batch if row[keys[0]] not in existing]
+        else:
+            existing = set(
+                zip(*(found.column(k).to_pylist() for k in self.table_def.key), strict=True)
+            )
+            new = [row for row in batch if tuple(row[i] for i in keys) not in existing]
         return new, None, 0, len(batch) - len(new)
 
     def _newer_versions(
-        self, table: Table, batch: list[dict[str, Any]]
-    ) -> tuple[list[dict[str, Any]], BooleanExpression | None, int, int]:
+        self, table: Table, batch: list[rows.Row]
+    ) -> tuple[list[rows.Row], BooleanExpression | None, int, int]:
         key, version = self.table_def.key[0], self.table_def.version_column
         assert version is not None
         time_column = self.table_def.time_column
+        k, v = rows.position(self.table_def, key), rows.position(self.table_def, version)
         try:
             self.index.sync(table)
         except Exception as exc:  # storage errors reading the table: retried like a commit
@@ -228,27 +239,32 @@ class TableWriter:
                 f"cannot bring the version index of {self.identifier} up to date: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        existing = self.index.lookup({row[key] for row in batch})
-        new = [row for row in batch if row[version] > existing.get(row[key], (-1, None))[0]]
+        existing = self.index.lookup([row[k] for row in batch])
+        if not existing:
+            return batch, None, 0, 0
+        none = (-1, None)
+        new = [row for row in batch if row[v] > existing.get(row[k], none)[0]]
         stale = len(batch) - len(new)
-        replaced = [row[key] for row in new if row[key] in existing]
+        replaced = [row[k] for row in new if row[k] in existing]
         if not replaced:
             return new, None, stale, 0
         # The replaced rows' times bound the delete, so only their partitions
         # and files are read and rewritten (copy-on-write).
-        oldest = min(existing[k][1] for k in replaced)
+        oldest = min(existing[r][1] for r in replaced)
         replace: BooleanExpression = And(
             In(key, set(replaced)), GreaterThanOrEqual(time_column, _at(oldest))
         )
         return new, replace, stale, 0
 
-    def _remember(self, table: Table, new: list[dict[str, Any]]) -> None:
+    def _remember(self, table: Table, new: list[rows.Row]) -> None:
         """Add a committed batch to the index; a failure only costs the next sync a read."""
-        key, version = self.table_def.key[0], self.table_def.version_column
+        version = self.table_def.version_column
         assert version is not None
-        time_column = self.table_def.time_column
+        k = rows.position(self.table_def, self.table_def.key[0])
+        v = rows.position(self.table_def, version)
+        t = rows.position(self.table_def, self.table_def.time_column)
         try:
-            self.index.record(table, ((r[key], r[version], r[time_column]) for r in new))
+            self.index.record(table, ((r[k], r[v], r[t]) for r in new))
         except Exception as exc:
             log.warning(
                 "%s: version index not updated (%s); the next commit re-reads", self.identifier, exc

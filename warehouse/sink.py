@@ -99,6 +99,8 @@ class Sink:
         self._stop = asyncio.Event()
         self._ready_logged = False
         self._lag_at = 0.0
+        #: The flush landing the previous batch while the next one is read (at most one).
+        self._inflight: asyncio.Task[bool] | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -172,27 +174,35 @@ class Sink:
             return  # read before we positioned it: it will be read again
         writer = self.writers[tp.topic]
         expected = self._next.get(tp, 0)
-        for message in messages:
-            if message.offset < expected:
-                continue  # fetched before a seek
-            part = self._buffer.get(tp)
-            if part is None:
-                part = self._buffer[tp] = PartitionBatch(self._base[tp], message.offset)
-                self._counts[tp] = 0
-                if self._oldest is None:
-                    self._oldest = time.monotonic()
-            metrics.RECORDS_READ.labels(tp.topic).inc()
-            if message.value is None:
-                metrics.ROWS_SKIPPED.labels(writer.identifier, "tombstone").inc()
-            else:
-                row = self._row(writer, tp, message)
-                if row is not None:
-                    part.rows.append(row)
-            part.next_offset = expected = message.offset + 1
-            self._counts[tp] += 1
-            self._buffered += 1
-        self._next[tp] = expected
-        metrics.BUFFERED.set(self._buffered)
+        part = self._buffer.get(tp)
+        taken = tombstones = 0
+        try:
+            for message in messages:
+                if message.offset < expected:
+                    continue  # fetched before a seek
+                if part is None:
+                    part = self._buffer[tp] = PartitionBatch(self._base[tp], message.offset)
+                    self._counts[tp] = 0
+                    if self._oldest is None:
+                        self._oldest = time.monotonic()
+                if message.value is None:
+                    tombstones += 1
+                else:
+                    row = self._row(writer, tp, message)
+                    if row is not None:
+                        part.rows.append(row)
+                part.next_offset = expected = message.offset + 1
+                taken += 1
+        finally:
+            # Counted once per fetch: a metric's labels() per record cost more than its row.
+            if taken:
+                metrics.RECORDS_READ.labels(tp.topic).inc(taken)
+                self._counts[tp] += taken
+                self._buffered += taken
+            if tombstones:
+                metrics.ROWS_SKIPPED.labels(writer.identifier, "tombstone").inc(tombstones)
+            self._next[tp] = expected
+            metrics.BUFFERED.set(self._buffered)
 
     def _check_same_log(self, tp: TopicPartition) -> None:
         """Raise :class:`TopicRestarted` when the fetched log ends below the table's offset.
@@ -216,19 +226,20 @@ class Sink:
 
     def _row(
         self, writer: TableWriter, tp: TopicPartition, message: ConsumerRecord
-    ) -> dict[str, object] | None:
+    ) -> rows.Row | None:
         """The record's row; None for a record no release could land (counted, logged).
 
         A record of a schema this release does not know stops the sink in
         front of it instead (:class:`SinkError`): a newer release lands it.
         """
-        where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
         try:
             name, value = codec.decode(message.value)
             if name != writer.table_def.record:
+                where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
                 raise SinkError(f"{where}: a {name}, expected a {writer.table_def.record}")
-            return rows.to_row(writer.table_def, value)
+            return writer.read_row(value)  # type: ignore[no-any-return]
         except UnknownSchema as exc:
+            where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
             raise SinkError(
                 f"{where} cannot be landed ({exc}). The sink stops in front of it and "
                 "committed everything before it; a hookline release whose schemas/ knows "
@@ -238,6 +249,7 @@ class Sink:
             # Corrupt, or a value no table column can hold: no release would
             # land it, and stopping here would stop every later row.
             metrics.ROWS_SKIPPED.labels(writer.identifier, "unlandable").inc()
+            where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
             log.error("%s cannot be landed (%s); skipped, it stays on its topic", where, exc)
             return None
 
@@ -266,13 +278,14 @@ class Sink:
             by_topic[tp.topic][tp.partition] = part
         landed: dict[TopicPartition, int] = {}
         failed: list[TopicPartition] = []
-        for topic, parts in sorted(by_topic.items()):
+        # The tables are independent: their commits run side by side, so one's
+        # Parquet encoding and file writes (outside the GIL) overlap another's.
+        outcomes = await asyncio.gather(
+            *(self._commit(topic, parts) for topic, parts in sorted(by_topic.items()))
+        )
+        for topic, parts, result in outcomes:
             writer = self.writers[topic]
-            try:
-                result = await asyncio.to_thread(writer.commit, parts)
-            except WarehouseError as exc:
-                metrics.COMMITS.labels(writer.identifier, "failed").inc()
-                log.error("%s", exc)
+            if result is None:
                 failed += [TopicPartition(topic, p) for p in parts]
                 continue
             self._record(writer, result)
@@ -281,6 +294,9 @@ class Sink:
                 if self._epoch[tp] == epochs[tp]:
                     self._base[tp] = offset
                     landed[tp] = offset
+                    newer = self._buffer.get(tp)
+                    if newer is not None:  # read meanwhile: it continues from the new offset
+                        newer.base = offset
             for partition, offset in result.fenced.items():
                 tp = TopicPartition(topic, partition)
                 if self._epoch[tp] == epochs[tp] and tp in self.consumer.assignment():
@@ -292,10 +308,16 @@ class Sink:
                         offset,
                     )
                     self._seek(tp, offset)
-        for tp in failed:  # back in front of anything read since (nothing: we waited)
+        for tp in failed:  # back in front of anything read since
             if self._epoch[tp] == epochs[tp]:
-                self._buffer[tp] = taken[tp]
-                self._counts[tp] = counts[tp]
+                part, count = taken[tp], counts[tp]
+                newer = self._buffer.get(tp)
+                if newer is not None:
+                    part.rows += newer.rows
+                    part.next_offset = newer.next_offset
+                    count += self._counts[tp]
+                self._buffer[tp] = part
+                self._counts[tp] = count
         if failed:
             self._recount()
             self._oldest = time.monotonic()
@@ -306,6 +328,18 @@ class Sink:
                 log.debug("group offset commit skipped: %s", exc)
         self.update_lag(force=True)
         return not failed
+
+    async def _commit(
+        self, topic: str, parts: dict[int, PartitionBatch]
+    ) -> tuple[str, dict[int, PartitionBatch], CommitResult | None]:
+        """One table's commit in a thread; None for a warehouse failure (logged)."""
+        writer = self.writers[topic]
+        try:
+            return topic, parts, await asyncio.to_thread(writer.commit, parts)
+        except WarehouseError as exc:
+            metrics.COMMITS.labels(writer.identifier, "failed").inc()
+            log.error("%s", exc)
+            return topic, parts, None
 
     def _record(self, writer: TableWriter, result: CommitResult) -> None:
         name = writer.identifier
@@ -387,6 +421,7 @@ class Sink:
         try:
             while not self._stop.is_set():
                 await self._step()
+            await self._settle()
             waiting = self._buffered
             if self._buffer and not await self.flush():
                 log.error("stopping with %d record(s) not landed; they are read again", waiting)
@@ -411,15 +446,32 @@ class Sink:
         data = await self.consumer.getmany(timeout_ms=200, max_records=self.config.batch_rows)
         for tp in self.consumer.assignment():
             self._check_same_log(tp)  # before landing anything of this fetch
+        if self._inflight is not None and self._inflight.done():
+            await self._settle()
         try:
             for tp, messages in data.items():
                 self.take(tp, messages)
         except SinkError:
+            await self._settle()
             await self.flush()  # everything in front of the bad record
             raise
-        if self._retry_at is None and self.due() and not await self.flush():
-            self._fail_later()
+        if self._retry_at is None and self.due():
+            # One batch lands while the next is read and decoded; a third waits.
+            await self._settle()
+            if self._retry_at is None:
+                self._inflight = asyncio.create_task(self.flush())
         self.update_lag()
+
+    async def _settle(self) -> None:
+        """Wait for the flush in flight; on a warehouse failure, retry later."""
+        if self._inflight is None:
+            return
+        try:
+            ok = await self._inflight
+        finally:
+            self._inflight = None
+        if not ok:
+            self._fail_later()
 
     def _fail_later(self) -> None:
         assert self.consumer is not None

@@ -51,6 +51,11 @@ _NO_SNAPSHOT = 0  # ``synced`` of an index made from a table without snapshots
 
 Latest = tuple[int, datetime]  # (version, time of the row that holds it)
 
+#: CROSS JOIN fixes the order: SQLite walks the batch's keys (``wanted``) and
+#: searches ``latest`` by key. With a plain JOIN and no statistics it chose the
+#: other order, a scan of the whole index per batch (0.25 s at a million orders).
+LOOKUP = "SELECT k, version, at FROM wanted CROSS JOIN latest USING (k)"
+
 
 def micros(value: datetime) -> int:
     return (value - EPOCH) // _MICRO
@@ -103,12 +108,7 @@ class VersionIndex:
             self._db.executemany(
                 "INSERT OR IGNORE INTO wanted (k) VALUES (?)", ((k,) for k in sorted(keys))
             )
-            found = {
-                k: (version, from_micros(at))
-                for k, version, at in self._db.execute(
-                    "SELECT k, version, at FROM latest JOIN wanted USING (k)"
-                )
-            }
+            found = {k: (version, from_micros(at)) for k, version, at in self._db.execute(LOOKUP)}
         finally:
             self._db.execute("ROLLBACK")
         return found
@@ -124,11 +124,12 @@ class VersionIndex:
 
     # -- writing -------------------------------------------------------------------
 
-    def record(self, table: Table, values: Iterable[tuple[str, int, datetime]]) -> None:
-        """Add rows the table's current snapshot committed, and name that snapshot."""
+    def record(self, table: Table, values: Iterable[tuple[str, int, int]]) -> None:
+        """Add rows the table's current snapshot committed (key, version, time in
+        microseconds since the epoch), and name that snapshot."""
         # In key order: neighbouring keys share B-tree pages, so a sorted batch
         # touches each page once.
-        self._apply(sorted((k, v, micros(t)) for k, v, t in values), table)
+        self._apply(sorted(values), table)
 
     def sync(self, table: Table) -> None:
         """Bring the index to ``table``'s current snapshot (see the module's invariant)."""

@@ -140,3 +140,32 @@ def test_maintenance_compacts_and_keeps_rows_and_offsets(catalog: Catalog) -> No
     assert report.orphans_deleted >= 4  # the small files and their manifests
     assert sorted(r["event_id"] for r in scan(writer)) == ["e0", "e1", "e2", "e3"]
     assert writer.offsets() == {0: 4}  # the sink resumes where it was
+
+
+def test_rows_from_the_sinks_fast_path_land_like_to_row_dicts(catalog: Catalog) -> None:
+    """The sink hands the writer rows.Row tuples; tests and tools may hand it dicts."""
+    writer = TableWriter(catalog, ORDERS_STATE, "production")
+    read = rows.row_reader(ORDERS_STATE)
+    record = {
+        "order_id": "o1",
+        "environment": "production",
+        "order_status": "ACTIVE",
+        "version": 1,
+        "updated_at": T0,
+        "amount": Decimal("9.9900"),
+    }
+    writer.commit({0: PartitionBatch(None, 2, [read(record), state("o2", 1)])})
+    result = writer.commit(
+        {0: PartitionBatch(2, 4, [read(record | {"version": 2}), state("o2", 1)])}
+    )
+    assert result.rows_written == 1
+    assert result.stale == 1
+    landed = sorted(scan(writer), key=lambda r: r["order_id"])
+    assert [(r["order_id"], r["version"]) for r in landed] == [("o1", 2), ("o2", 1)]
+    assert landed == sorted(
+        [
+            state("o1", 2) | {"amount": Decimal("9.9900")},
+            state("o2", 1),
+        ],
+        key=lambda r: r["order_id"],
+    )

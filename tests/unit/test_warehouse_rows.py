@@ -176,3 +176,98 @@ def test_unique_rows_keeps_the_highest_version_and_first_copy() -> None:
     event = {"event_id": "e1", "received_at": datetime(2026, 1, 1, tzinfo=UTC)}
     copy = dict(event)
     assert rows.unique_rows(WEBHOOK_EVENTS, [event, copy]) == [event]
+
+
+# -- the sink's fast path: rows.row_reader, as_row, latest_rows ---------------------
+
+
+def change(version: int, before: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "order_id": "ord_1",
+        "environment": "production",
+        "version": version,
+        "before": before,
+        "after": state(version),
+        "changed_fields": ["order_status"],
+        "cause": {
+            "event_id": "d1:0",
+            "delivery_id": "d1",
+            "source": "partner",
+            "kind": "partner",
+            "type": "order.status_changed",
+            "received_at": MS,
+        },
+    }
+
+
+FAST_PATH_CASES = [
+    (ORDERS_STATE, codec.ORDER_STATE, state()),
+    (ORDERS_STATE, codec.ORDER_STATE, state(amount=None, transaction_id=None)),
+    (ORDER_CHANGES, codec.ORDER_CHANGE, change(1, None)),
+    (ORDER_CHANGES, codec.ORDER_CHANGE, change(2, state(1, order_status="PENDING"))),
+    (
+        WEBHOOK_EVENTS,
+        codec.CANONICAL_EVENT,
+        {
+            "event_id": "d2:0",
+            "delivery_id": "d2",
+            "source": "vignette-sales",
+            "kind": "vignette-sales",
+            "environment": "production",
+            "type": "transaction.status_changed",
+            "entity_type": "transaction",
+            "entity_id": "sale_1",
+            "received_at": MS,
+            "order_ids": ["a", "b"],
+            "error": {"code": "VEHICLE_NOT_FOUND", "message": "no"},
+        },
+    ),
+]
+
+
+@pytest.mark.parametrize(("table", "name", "record"), FAST_PATH_CASES)
+def test_row_reader_gives_to_rows_values_in_column_order(
+    table: TableDef, name: str, record: dict[str, Any]
+) -> None:
+    value = decoded(name, record)
+    row = rows.row_reader(table)(value)
+    assert row == rows.as_row(table, rows.to_row(table, value))
+    assert len(row) == len(rows.columns(table))
+    at = row[rows.position(table, table.time_column)]
+    assert at == MS * 1000  # microseconds, as Arrow keeps a timestamp
+
+
+@pytest.mark.parametrize(
+    ("record", "message"),
+    [
+        (state() | {"order_id": None}, "order_id is required"),
+        (state() | {"amount": 15.7}, "expected a Decimal, got float"),
+        (state() | {"updated_at": 2**62}, "beyond what a datetime holds"),
+    ],
+)
+def test_row_reader_refuses_what_to_row_refuses(record: dict[str, Any], message: str) -> None:
+    with pytest.raises(MappingError, match=message):
+        rows.to_row(ORDERS_STATE, record)
+    with pytest.raises(MappingError, match=message):
+        rows.row_reader(ORDERS_STATE)(record)
+
+
+def test_latest_rows_keeps_the_highest_version_and_first_copy() -> None:
+    read = rows.row_reader(ORDERS_STATE)
+    s1, s3, s2, other = (
+        read(state(1)),
+        read(state(3)),
+        read(state(2)),
+        read(state(1, order_id="o2")),
+    )
+    assert rows.latest_rows(ORDERS_STATE, [s1, s3, s2, other]) == [s3, other]
+    again = read(state(3, order_status="PENDING"))  # an equal version: the first one stays
+    assert rows.latest_rows(ORDERS_STATE, [s3, again]) == [s3]
+    first, second = (rows.row_reader(ORDER_CHANGES)(change(2, None)) for _ in range(2))
+    assert rows.latest_rows(ORDER_CHANGES, [first, second]) == [first]
+    assert rows.latest_rows(
+        ORDER_CHANGES, [first, rows.row_reader(ORDER_CHANGES)(change(3, None))]
+    ) == [
+        first,
+        rows.row_reader(ORDER_CHANGES)(change(3, None)),
+    ]

@@ -125,3 +125,15 @@ def test_two_writers_sharing_one_index_file_keep_one_row_per_order(catalog: Cata
     assert table_rows(first) == [("o1", 2), ("o2", 2), ("o3", 1)]
     assert first.index.path == second.index.path
     assert first.index.lookup(["o1", "o2", "o3"]).keys() == {"o1", "o2", "o3"}
+
+
+def test_a_lookup_searches_the_index_by_key_instead_of_scanning_it(tmp_path: Path) -> None:
+    """The cost of a lookup follows the batch, not the index (it scanned a million orders)."""
+    from hookline.warehouse.version_index import LOOKUP
+
+    index = VersionIndex(tmp_path / "i.sqlite", "order_id", "version", "updated_at")
+    index._db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (k TEXT PRIMARY KEY)")  # noqa: SLF001 (the query's own connection)
+    plan = " | ".join(row[-1] for row in index._db.execute(f"EXPLAIN QUERY PLAN {LOOKUP}"))  # noqa: SLF001
+    assert "SEARCH latest USING PRIMARY KEY" in plan, plan
+    assert "SCAN latest" not in plan, plan
+    index.close()
