@@ -31,7 +31,16 @@ The input, encoded and partitioned exactly as the gateway writes it:
   when an order is not exact).
 
     .venv/bin/python bench/pipeline.py [--records 10000] [--input partner|mixed]
-        [--broker embedded|kafka] [--json] [--profile FILE]
+        [--broker embedded|kafka] [--guarantee exactly_once|at_least_once|both]
+        [--rounds 3] [--json] [--profile FILE]
+
+``--guarantee`` sets the worker's ``HOOKLINE_PROCESSING_GUARANTEE`` (unset:
+the worker's default, exactly once where the broker has transactions; the
+embedded broker has none). ``--guarantee both`` (Apache Kafka) runs one
+worker per guarantee, alternating, ``--rounds`` times each (ABBA order:
+exactly once first in odd rounds, at least once first in even ones), every
+run over fresh records on the same broker after one baseline, so their
+ratio is taken within one run of the machine.
 
 ``--json`` prints one JSON document on stdout instead of the table (fields in
 bench/README.md); ``--profile FILE`` attaches py-spy (raw/collapsed stacks) to
@@ -83,6 +92,7 @@ from _common import (
     table,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.structs import TopicPartition
 from hookline.core import topics
@@ -111,6 +121,10 @@ WORKER_LINGER_MS = 4
 #: Seconds a mixed run keeps reading after every order was exact, to see nothing undo it.
 SETTLE_SECONDS = 1.0
 PARTITIONER = DefaultPartitioner()
+#: HOOKLINE_PROCESSING_GUARANTEE's values (core/settings.py), in `--guarantee both`'s order.
+GUARANTEES = ("exactly_once", "at_least_once")
+#: The worker's table changelogs (core/topics.py ``changelog``), every environment.
+CHANGELOG = r"[\w-]+\.hookline\.[\w-]+-changelog"
 
 
 @dataclass(frozen=True)
@@ -496,6 +510,14 @@ def worker_state_changes(metrics_url: str) -> int:
     return int(sum(float(m) for m in re.findall(pattern, text, re.MULTILINE)))
 
 
+def worker_guarantee(metrics_url: str) -> str | None:
+    """The processing guarantee the worker says is in force (its /metrics)."""
+    text = httpx.get(metrics_url, timeout=5.0).text
+    pattern = r'^hookline_worker_processing_guarantee\{[^}]*="(\w+)"\} 1\.0$'
+    found = re.findall(pattern, text, re.MULTILINE)
+    return found[0] if found else None
+
+
 def worker_batch_sizes(metrics_url: str) -> dict[str, float]:
     """Mean events per batch by stage, warm-up included: small batches cost more per record."""
     text = httpx.get(metrics_url, timeout=5.0).text
@@ -508,6 +530,34 @@ def worker_batch_sizes(metrics_url: str) -> dict[str, float]:
         for stage, count in sorted(counts.items())
         if float(count) and stage in sums
     }
+
+
+async def drop_changelogs(bootstrap: str, timeout_s: float = 60.0) -> list[str]:
+    """Delete the worker's table changelogs, so the next worker starts with empty tables.
+
+    Between two runs of a ``--guarantee both`` invocation: an at-least-once
+    worker's table recovery waits to be handed the record before a
+    changelog's end offset, which after an exactly-once worker is a
+    transaction marker no consumer is handed, so it never became ready
+    (exactly once reads to the last committed record instead:
+    streams/transport.py ``_highwaters``). Every run's orders are its own, so
+    no run needs an earlier run's state; every run then also starts from
+    empty tables. The next worker creates the topics again.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=30_000)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if re.fullmatch(CHANGELOG, t)]
+        if doomed:
+            await admin.delete_topics(doomed, timeout_ms=30_000)
+        deadline = time.monotonic() + timeout_s
+        while set(doomed) & set(await admin.list_topics()):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"changelogs not deleted after {timeout_s:g}s: {doomed}")
+            await asyncio.sleep(0.2)
+        return doomed
+    finally:
+        await admin.close()
 
 
 async def create_baseline_topics(bootstrap: str) -> None:
@@ -551,6 +601,34 @@ def run_baseline(
     return next(r for r in measured if r.seconds == middle)
 
 
+@dataclass(frozen=True)
+class HooklineRun:
+    result: RunResult
+    #: Orders whose final state was not the expected one.
+    wrong: list[Any]
+    #: The guarantee the worker reported in force (hookline_worker_processing_guarantee).
+    guarantee: str | None
+    #: Mean events per batch by stage, warm-up included.
+    batch_sizes: dict[str, float]
+    load_before: float
+    load_after: float
+    #: The broker's CPU seconds (every node) over the measured run.
+    broker_cpu_seconds: float = float("nan")
+
+    def as_json(self, baseline: RunResult) -> dict[str, Any]:
+        return {
+            **self.result.as_json(baseline),
+            "guarantee": self.guarantee,
+            "exact": not self.wrong,
+            "not_exact": len(self.wrong),
+            "batch_sizes": self.batch_sizes,
+            "broker_cpu_ms_per_record": round(
+                1000 * self.broker_cpu_seconds / self.result.records, 4
+            ),
+            "load_average": [round(self.load_before, 2), round(self.load_after, 2)],
+        }
+
+
 def run_hookline(
     bootstrap: str,
     warmup: list[RawRecord],
@@ -562,26 +640,36 @@ def run_hookline(
     profile_seconds: float = 15.0,
     expected: tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]
     | None = None,
-) -> tuple[RunResult, list[Any]]:
+    guarantee: str | None = None,
+    name: str = "hookline",
+    broker_pids: list[int] | None = None,
+) -> HooklineRun:
     """One run: the same deliveries again would be (rightly) dropped as duplicates.
 
     ``expected`` (the warm-up's and the run's final states, for a mix) times
     the run to exact final states; else to one ``orders.changes`` record per
-    delivery. Returns the result and the orders that did not end exact.
+    delivery. ``guarantee`` is the worker's ``HOOKLINE_PROCESSING_GUARANTEE``
+    (None: unset, the worker's default). Returns the result, the orders that
+    did not end exact, the guarantee the worker reported and its batch sizes.
     """
     raw_topic, changes_topic = topics.raw(ENVIRONMENT), topics.orders_changes(ENVIRONMENT)
+    load_at_start = load_average()
     web_port = free_port()
-    data_dir = logs / "data"
+    data_dir = logs / f"data-{tag}"
+    env = hookline_env(
+        bootstrap,
+        HOOKLINE_STORE="memory",
+        HOOKLINE_PARTITIONS=str(PARTITIONS),
+        HOOKLINE_DATA_DIR=str(data_dir),
+    )
+    env.pop("HOOKLINE_PROCESSING_GUARANTEE", None)  # never this shell's
+    if guarantee is not None:
+        env["HOOKLINE_PROCESSING_GUARANTEE"] = guarantee
     worker = ServiceProcess(
         "hookline worker",
         hookline_command("worker", "--web-port", str(web_port)),
-        hookline_env(
-            bootstrap,
-            HOOKLINE_STORE="memory",
-            HOOKLINE_PARTITIONS=str(PARTITIONS),
-            HOOKLINE_DATA_DIR=str(data_dir),
-        ),
-        logs / "worker.log",
+        env,
+        logs / f"worker-{tag}.log",
         cwd=REPO,
     )
     with worker:
@@ -597,35 +685,98 @@ def run_hookline(
             warm = FinalStates(expected[0], len(warmup))
             outputs = FinalStates(expected[1], len(records))
         asyncio.run(move(bootstrap, warmup, None, warm, "warm-up", 60, worker_pid))
-        say(f"  hookline: {len(records)} records {raw_topic} -> {', '.join(outputs.topics)}")
+        metrics_url = f"http://127.0.0.1:{web_port}/metrics"
+        in_force = worker_guarantee(metrics_url)
+        into = ", ".join(outputs.topics)
+        say(f"  {name} ({in_force}): {len(records)} records {raw_topic} -> {into}")
         cpu_before, machine_before = cpu_seconds(worker_pid), cpu_times()
+        broker_before = sum(cpu_seconds(pid) for pid in broker_pids or [])
         profiler = None if profile is None else start_profiler(worker_pid, profile, profile_seconds)
-        result = asyncio.run(
-            move(bootstrap, records, None, outputs, "hookline", timeout, worker_pid)
-        )
+        result = asyncio.run(move(bootstrap, records, None, outputs, name, timeout, worker_pid))
         result = replace(
             result,
             mover_cpu_seconds=cpu_seconds(worker_pid) - cpu_before,
             steal_share=steal_share(machine_before, cpu_times()),
         )
-        say(f"  hookline: {result.rate:.0f} records/s ({result.seconds:.1f}s)")
+        broker_cpu = sum(cpu_seconds(pid) for pid in broker_pids or []) - broker_before
+        if not broker_pids:
+            broker_cpu = float("nan")
+        say(f"  {name} ({in_force}): {result.rate:.0f} records/s ({result.seconds:.1f}s)")
         if profiler is not None:
             _, errors = profiler.communicate(timeout=profile_seconds + 60)
             say(f"  py-spy exited with {profiler.returncode}: {errors.decode()[-500:].strip()}")
-        changes = worker_state_changes(f"http://127.0.0.1:{web_port}/metrics")
+        changes = worker_state_changes(metrics_url)
         say(f"worker counted {changes} state changes (sent {len(warmup) + len(records)})")
-        sizes = worker_batch_sizes(f"http://127.0.0.1:{web_port}/metrics")
+        sizes = worker_batch_sizes(metrics_url)
         say(f"mean events per batch: {sizes}")
     wrong = outputs.wrong()
     if wrong:
         say(f"  {len(wrong)} order(s) not exact, e.g. {wrong[:3]}")
-    return result, wrong
+    return HooklineRun(result, wrong, in_force, sizes, load_at_start, load_average(), broker_cpu)
 
 
 def mixed_records(count: int, tag: str) -> tuple[list[RawRecord], mix.Mix]:
     generated = mix.mix(count, tag, DEV_SOURCES)
     records = [RawRecord(r.key, r.value, r.ordering_key, r.topic) for r in generated.records]
     return records, generated
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """One hookline run's deliveries: a warm-up and the measured records, a tag of their own."""
+
+    tag: str
+    warmup: list[RawRecord]
+    records: list[RawRecord]
+    generated: mix.Mix | None  # the mix (None: partner)
+    #: The warm-up's and the run's expected final states (a mix), else None.
+    expected: (
+        tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], dict[str, Any]]] | None
+    )
+
+
+def make_inputs(kind: str, warmup_count: int, count: int) -> Inputs:
+    tag = uuid.uuid4().hex[:8]
+    say(f"encoding {warmup_count} + {count} raw envelopes ({kind}, tag {tag})...")
+    if kind == "partner":
+        warmup = raw_records(warmup_count, f"warm-{tag}")
+        return Inputs(tag, warmup, raw_records(count, f"bench-{tag}"), None, None)
+    warmup, warm_mix = mixed_records(warmup_count, f"warm-{tag}")
+    records, generated = mixed_records(count, f"bench-{tag}")
+    say(
+        f"mix: {len(records)} deliveries, {len(generated.expected)} orders; stories "
+        f"{dict(generated.stories)}; deliveries by kind {generated.proportions()}"
+    )
+    return Inputs(tag, warmup, records, generated, (warm_mix.expected, generated.expected))
+
+
+def guarantee_comparison(runs: list[HooklineRun]) -> dict[str, Any]:
+    """Exactly once's deliveries/s over at least once's: of the medians, and per round
+    (the two runs of a round, in plan order); None unless both guarantees ran."""
+    rates: dict[str | None, list[float]] = {}
+    for run in runs:
+        rates.setdefault(run.guarantee, []).append(run.result.rate)
+    if not all(rates.get(g) for g in GUARANTEES):
+        return {
+            "exactly_once_over_at_least_once": None,
+            "exactly_once_over_at_least_once_by_round": None,
+        }
+    eos, alo = rates["exactly_once"], rates["at_least_once"]
+    return {
+        "exactly_once_over_at_least_once": round(
+            statistics.median(eos) / statistics.median(alo), 4
+        ),
+        "exactly_once_over_at_least_once_by_round": [
+            round(e / a, 4) for e, a in zip(eos, alo, strict=False)
+        ],
+    }
+
+
+def broker_pids(broker: Any) -> list[int]:
+    """The broker's processes: the embedded broker's, or every Kafka node's JVM."""
+    if isinstance(broker, EmbeddedBroker):
+        return [broker.pid] if broker.pid is not None else []
+    return [n.process.pid for n in broker.nodes if n.process is not None]
 
 
 @contextlib.contextmanager
@@ -658,6 +809,16 @@ def main() -> int:
         default="embedded",
         help="the embedded broker (default) or a local Apache Kafka node",
     )
+    parser.add_argument(
+        "--guarantee",
+        choices=(*GUARANTEES, "both"),
+        help="the worker's HOOKLINE_PROCESSING_GUARANTEE (default: unset, the worker's own "
+        "default: exactly once where the broker has transactions); 'both' alternates a "
+        "worker of each on the same broker, --rounds times each (needs --broker kafka)",
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="with --guarantee both: runs of each (default 3)"
+    )
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured records per mover")
     parser.add_argument("--baseline-runs", type=int, default=3, help="baseline runs (median)")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds allowed per run")
@@ -675,49 +836,80 @@ def main() -> int:
     parser.add_argument("--forward", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.broker == "embedded" and args.guarantee in ("exactly_once", "both"):
+        parser.error(
+            f"--guarantee {args.guarantee} needs --broker kafka: the embedded broker (Tansu) "
+            "has no transactions, so its worker can only process at least once"
+        )
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
+    if args.guarantee == "both" and args.profile is not None:
+        parser.error(
+            "--profile profiles one worker: give --guarantee exactly_once or at_least_once"
+        )
     if args.forward:
         # The worker runs on uvloop (hookline/cli.py): so does its baseline.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         asyncio.run(forward(args.bootstrap))
         return 0
 
-    tag = uuid.uuid4().hex[:8]
-    load_before = load_average()
-    say(f"encoding {args.warmup} + {args.records} raw envelopes ({args.input})...")
-    expected = None
-    generated: mix.Mix | None = None
-    if args.input == "mixed":
-        warmup, warm_mix = mixed_records(args.warmup, f"warm-{tag}")
-        records, generated = mixed_records(args.records, f"bench-{tag}")
-        expected = (warm_mix.expected, generated.expected)
-        say(
-            f"mix: {len(records)} deliveries, {len(generated.expected)} orders; stories "
-            f"{dict(generated.stories)}; deliveries by kind {generated.proportions()}"
-        )
+    # One run's guarantee at a time; `both` in ABBA order, so drift favours neither.
+    if args.guarantee == "both":
+        plan: list[str | None] = []
+        for round_ in range(args.rounds):
+            plan += list(GUARANTEES) if round_ % 2 == 0 else list(reversed(GUARANTEES))
     else:
-        warmup = raw_records(args.warmup, f"warm-{tag}")
-        records = raw_records(args.records, f"bench-{tag}")
+        plan = [args.guarantee]
+    load_before = load_average()
+    # Fresh deliveries per run: the same ones again would be dropped as duplicates.
+    inputs = [make_inputs(args.input, args.warmup, args.records) for _ in plan]
+    generated = inputs[0].generated
 
+    runs: list[HooklineRun] = []
     with tempfile.TemporaryDirectory(prefix="hookline-bench-") as tmp:
         logs = Path(tmp)
         say(f"pipeline benchmark; logs in {logs}")
         with broker_for(args.broker, logs) as broker:
             say(f"broker ({args.broker}) up at {broker.bootstrap_servers}")
             baseline = run_baseline(
-                broker.bootstrap_servers, warmup, records, args.baseline_runs, args.timeout, logs
-            )
-            hookline, wrong = run_hookline(
                 broker.bootstrap_servers,
-                warmup,
-                records,
-                tag,
+                inputs[0].warmup,
+                inputs[0].records,
+                args.baseline_runs,
                 args.timeout,
                 logs,
-                args.profile,
-                args.profile_seconds,
-                expected,
             )
+            for number, (guarantee, run_inputs) in enumerate(zip(plan, inputs, strict=True), 1):
+                name = "hookline" if len(plan) == 1 else f"hookline {guarantee} #{number}"
+                if number > 1:
+                    dropped = asyncio.run(drop_changelogs(broker.bootstrap_servers))
+                    say(f"{len(dropped)} changelogs deleted: the next worker starts empty")
+                runs.append(
+                    run_hookline(
+                        broker.bootstrap_servers,
+                        run_inputs.warmup,
+                        run_inputs.records,
+                        run_inputs.tag,
+                        args.timeout,
+                        logs,
+                        args.profile,
+                        args.profile_seconds,
+                        run_inputs.expected,
+                        guarantee,
+                        name,
+                        broker_pids(broker),
+                    )
+                )
 
+    # The run reported at the top level: the only one, or with `both` the
+    # exactly-once run of median rate (its other runs are in `movers`).
+    if len(runs) == 1:
+        top = runs[0]
+    else:
+        eos = [r for r in runs if r.guarantee == "exactly_once"]
+        middle = statistics.median_low(r.result.rate for r in eos)
+        top = next(r for r in eos if r.result.rate == middle)
+    hookline, wrong = top.result, [w for r in runs for w in r.wrong]
     load_after = load_average()
     say(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
     if args.json:
@@ -726,7 +918,7 @@ def main() -> int:
                 "bench": "pipeline",
                 "input": args.input,
                 "broker": args.broker,
-                "records": len(records),
+                "records": len(inputs[0].records),
                 "records_per_s": round(hookline.rate, 1),
                 "baseline_records_per_s": round(baseline.rate, 1),
                 "ratio": round(hookline.rate / baseline.rate, 4),
@@ -737,12 +929,19 @@ def main() -> int:
                 "baseline_steal_share": round(baseline.steal_share, 4),
                 "partitions": PARTITIONS,
                 "baseline_runs": args.baseline_runs,
-                "orders": len(generated.expected) if generated else len(records),
+                "guarantee": top.guarantee,
+                "guarantee_asked": args.guarantee,
+                "batch_sizes": top.batch_sizes,
+                "broker_cpu_ms_per_record": round(
+                    1000 * top.broker_cpu_seconds / top.result.records, 4
+                ),
+                **guarantee_comparison(runs),
+                "orders": len(generated.expected) if generated else len(inputs[0].records),
                 "exact": not wrong,
                 "not_exact": len(wrong),
                 "stories": dict(generated.stories) if generated else None,
                 "proportions": generated.proportions() if generated else None,
-                "movers": [r.as_json(baseline) for r in (baseline, hookline)],
+                "movers": [baseline.as_json(baseline)] + [r.as_json(baseline) for r in runs],
                 "load_average": [round(load_before, 2), round(load_after, 2)],
                 "profile": None if args.profile is None else str(args.profile),
             }
@@ -756,8 +955,9 @@ def main() -> int:
         else f"mixed deliveries ({len(generated.expected)} orders)"
     )
     print(
-        f"pipeline: {len(records)} {what}, {PARTITIONS} partitions, one worker, "
-        f"{args.broker} broker; baseline = median of {args.baseline_runs} runs "
+        f"pipeline: {len(inputs[0].records)} {what}, {PARTITIONS} partitions, one worker, "
+        f"{args.broker} broker, guarantee {'/'.join(sorted({str(r.guarantee) for r in runs}))}; "
+        f"baseline = median of {args.baseline_runs} runs "
         "(ratio = deliveries/s relative to the baseline); "
         f"{'every order exact' if not wrong else f'{len(wrong)} orders NOT exact'}"
     )
@@ -776,7 +976,7 @@ def main() -> int:
             f"{r.cpu_ms_per_record:.2f}",
             f"{100 * r.steal_share:.1f}",
         ]
-        for r in (baseline, hookline)
+        for r in (baseline, *(run.result for run in runs))
     ]
     headers = [
         "mover",
@@ -791,6 +991,13 @@ def main() -> int:
         "steal %",
     ]
     print(table(headers, rows))
+    comparison = guarantee_comparison(runs)
+    if comparison["exactly_once_over_at_least_once"] is not None:
+        print(
+            "exactly once / at least once, median deliveries/s: "
+            f"{comparison['exactly_once_over_at_least_once']:.3f} "
+            f"(per round: {comparison['exactly_once_over_at_least_once_by_round']})"
+        )
     print(f"load average (1 min): {load_before:.2f} before, {load_after:.2f} after")
     return 0 if not wrong else 1
 
