@@ -25,13 +25,16 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from hookline.warehouse import rows, tables
+from hookline.schemas import codec
+from hookline.schemas.avro_codegen import UnsupportedSchema
+from hookline.warehouse import avro_rows, rows, tables
 from hookline.warehouse.rows import TableDef
 from hookline.warehouse.tables import WarehouseError
 from hookline.warehouse.version_index import VersionIndex, from_micros
@@ -49,6 +52,7 @@ from pyiceberg.table import Table
 log = logging.getLogger(__name__)
 
 MAX_CONFLICTS = 20
+_CREATING = threading.Lock()
 
 
 @dataclass
@@ -108,6 +112,13 @@ class TableWriter:
         self._index_file = index_file or index_path(catalog, self.identifier)
         #: decoded Avro record -> rows.Row (rows.row_reader)
         self.read_row = rows.row_reader(table_def)
+        #: the current writer schema's bytes -> rows.Row, and that schema's header
+        self.read_bytes: avro_rows.RowReader | None = None
+        self.header = codec.REGISTRY.schema(table_def.record).header
+        try:
+            self.read_bytes = avro_rows.compile_row_reader(table_def)
+        except UnsupportedSchema:  # every record then goes through codec.decode
+            log.warning("%s: no compiled row reader; decoding the general way", self.identifier)
 
     @property
     def index(self) -> VersionIndex:
@@ -126,7 +137,12 @@ class TableWriter:
     def _load(self) -> Table:
         try:
             if self._table is None:
-                self._table = tables.ensure_table(self.catalog, self.table_def, self.environment)
+                # The tables' commits run side by side: creating the namespace
+                # twice at once is a unique-constraint error in the catalog.
+                with _CREATING:
+                    self._table = tables.ensure_table(
+                        self.catalog, self.table_def, self.environment
+                    )
             else:
                 self._table = self._table.refresh()
         except WarehouseError:

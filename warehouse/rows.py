@@ -281,7 +281,8 @@ MAX_MS = (datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC) - _EPOCH) // ti
 )
 
 
-def _reject(message: str) -> None:
+def refuse(message: str) -> None:
+    """Raise :class:`MappingError` (generated readers call it)."""
     raise MappingError(message)
 
 
@@ -323,7 +324,7 @@ def row_reader(table: TableDef) -> Any:
         values.append(f"v{i}")
     lines.append(f"    return ({', '.join(values)},)")
     scope: dict[str, Any] = {
-        "_reject": _reject,
+        "_reject": refuse,
         "Decimal": Decimal,
         "MIN_MS": MIN_MS,
         "MAX_MS": MAX_MS,

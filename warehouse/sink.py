@@ -232,8 +232,28 @@ class Sink:
         A record of a schema this release does not know stops the sink in
         front of it instead (:class:`SinkError`): a newer release lands it.
         """
+        data = message.value
+        read = writer.read_bytes
+        if read is not None and data[: codec.HEADER_SIZE] == writer.header:
+            # The table's record in today's schema: straight into its row.
+            if type(data) is not bytes:
+                data = bytes(data)
+            error: Exception
+            try:
+                row, end = read(data, codec.HEADER_SIZE)
+            except MappingError as exc:
+                error = exc
+            except Exception as exc:  # ValueError: truncated, not UTF-8, out of range...
+                error = CodecError(f"corrupt {writer.table_def.record} record: {exc}")
+            else:
+                if end == len(data):
+                    return row
+                trailing = len(data) - end
+                error = CodecError(f"{trailing} trailing bytes after a {writer.table_def.record}")
+            self._unlandable(writer, tp, message, error)
+            return None
         try:
-            name, value = codec.decode(message.value)
+            name, value = codec.decode(data)
             if name != writer.table_def.record:
                 where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
                 raise SinkError(f"{where}: a {name}, expected a {writer.table_def.record}")
@@ -246,12 +266,17 @@ class Sink:
                 "this record resumes exactly there"
             ) from exc
         except (CodecError, MappingError) as exc:
-            # Corrupt, or a value no table column can hold: no release would
-            # land it, and stopping here would stop every later row.
-            metrics.ROWS_SKIPPED.labels(writer.identifier, "unlandable").inc()
-            where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
-            log.error("%s cannot be landed (%s); skipped, it stays on its topic", where, exc)
+            self._unlandable(writer, tp, message, exc)
             return None
+
+    def _unlandable(
+        self, writer: TableWriter, tp: TopicPartition, message: ConsumerRecord, exc: Exception
+    ) -> None:
+        # Corrupt, or a value no table column can hold: no release would
+        # land it, and stopping here would stop every later row.
+        metrics.ROWS_SKIPPED.labels(writer.identifier, "unlandable").inc()
+        where = f"{tp.topic} partition {tp.partition} offset {message.offset}"
+        log.error("%s cannot be landed (%s); skipped, it stays on its topic", where, exc)
 
     def due(self) -> bool:
         if not self._buffer:

@@ -4,6 +4,7 @@ from the landed offset, or goes back behind the batch when the warehouse failed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from decimal import Decimal
 from pathlib import Path
@@ -103,3 +104,14 @@ async def test_records_read_during_a_commit_continue_from_its_offset(tmp_path: P
     assert await landing.flush()
     assert seen == [{0: (10, 13, 3)}, {0: (13, 15, 2)}]
     assert landing._base[TP] == 15  # noqa: SLF001
+
+
+def test_a_corrupt_record_of_todays_schema_is_skipped_not_landed(tmp_path: Path) -> None:
+    landing = sink(tmp_path, None)
+    good, cut, longer = records(10, 3)
+    cut = dataclasses.replace(cut, value=cut.value[:-4])
+    longer = dataclasses.replace(longer, value=longer.value + b"\x00")
+    landing.take(TP, [good, cut, longer])
+    part = landing._buffer[TP]  # noqa: SLF001
+    assert [r[0] for r in part.rows] == ["o10"]
+    assert (part.next_offset, landing._buffered) == (13, 3)  # noqa: SLF001 (read past, not landed)

@@ -271,3 +271,27 @@ def test_latest_rows_keeps_the_highest_version_and_first_copy() -> None:
         first,
         rows.row_reader(ORDER_CHANGES)(change(3, None)),
     ]
+
+
+@pytest.mark.parametrize(("table", "name", "record"), FAST_PATH_CASES)
+def test_compiled_row_reader_reads_the_bytes_into_the_same_row(
+    table: TableDef, name: str, record: dict[str, Any]
+) -> None:
+    from hookline.warehouse.avro_rows import compile_row_reader
+
+    data = codec.encode(name, record)
+    row, end = compile_row_reader(table)(data, codec.HEADER_SIZE)
+    assert end == len(data)
+    assert row == rows.row_reader(table)(codec.decode_as(name, data))
+
+
+def test_compiled_row_reader_refuses_what_the_general_way_refuses() -> None:
+    from hookline.warehouse.avro_rows import compile_row_reader
+
+    read = compile_row_reader(ORDERS_STATE)
+    beyond = codec.encode(codec.ORDER_STATE, state(updated_at=2**62))
+    with pytest.raises(MappingError, match="beyond what a datetime holds"):
+        read(beyond, codec.HEADER_SIZE)
+    data = codec.encode(codec.ORDER_STATE, state())
+    with pytest.raises(ValueError, match=r"truncated|end"):
+        read(data[:-3], codec.HEADER_SIZE)
