@@ -356,13 +356,20 @@ async def _last_committed(probe: AIOKafkaConsumer, tp: TP, start: int, end: int)
         begin = max(end - window, start)
         probe.seek(partition, begin)
         last = None
-        while await probe.position(partition) < end:
+        position = begin
+        # To the end, or to the last stable offset when a transaction still
+        # open (a writer switching guarantee) holds read_committed readers there.
+        while position < end:
             if loop.time() > deadline:
                 raise KafkaError(f"{tp.topic}[{tp.partition}]: its tail could not be read")
-            fetched = await probe.getmany(partition, timeout_ms=1000)
+            fetched = await probe.getmany(partition, timeout_ms=200)
             for record in fetched.get(partition, []):
                 if record.offset < end:
                     last = record.offset
+            position = await probe.position(partition)
+            stable = probe.last_stable_offset(partition)
+            if not fetched and stable is not None and 0 <= stable <= position:
+                break
         if last is not None:
             return last + 1
         if begin == start:

@@ -125,14 +125,17 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
     async def _highwaters(self, partitions: list[TP]) -> Mapping[TP, int]:
         """End offsets a table recovery can reach (streams/end_offsets.py, streams/exactly_once.py).
 
-        Exactly once: after the last committed record, not the marker behind
-        it. Otherwise: raised to a fetch's high watermark (Tansu's ListOffsets).
+        After each changelog partition's last committed record, not the
+        transaction marker behind it, in either mode: a changelog written by
+        an exactly-once worker ends in a marker, even after a switch to at
+        least once. At least once, the end is first raised to a fetch's high
+        watermark (Tansu's ListOffsets answer).
         """
         reported = await super()._highwaters(partitions)
         settings = worker_client_settings(self.app, "end-offsets")
-        if exactly_once(self.app):
-            return await committed_end_offsets(settings, reported)
-        return await fetched_end_offsets(settings, reported)
+        if not exactly_once(self.app):
+            reported = await fetched_end_offsets(settings, reported)
+        return await committed_end_offsets(settings, reported)
 
 
 def read_cleared_records_again(

@@ -43,7 +43,15 @@ from hookline.infra.broker import free_port
 from hookline.infra.processes import ServiceProcess
 
 from tests.conftest import hookline_env
-from tests.integration.test_workers import PARTITIONER, check_exact, scenario, until_stopped
+from tests.integration.test_workers import (
+    PARTITIONER,
+    RATE_PER_S,
+    check_exact,
+    final_records,
+    produce,
+    scenario,
+    until_stopped,
+)
 from tests.support import processes, traffic
 from tests.support.local_kafka import (
     Answer,
@@ -706,3 +714,42 @@ async def test_compaction_with_a_stale_writer_keeps_no_fork_and_the_newest_versi
             for worker in (survivor, frozen, fresh):
                 if worker is not None:
                     worker.stop()
+
+
+async def test_a_switch_between_guarantees_keeps_every_order_exact(
+    log_dir: Path, tmp_path: Path
+) -> None:
+    """Exactly once, then at least once, then exactly once again, on the same state.
+
+    Changelogs written in transactions end in commit markers; a worker of
+    either guarantee recovers its tables up to the last committed record
+    (streams/exactly_once.py, ``committed_end_offsets``), or its recovery
+    would wait for the marker for ever and the worker would never be ready.
+    The RocksDB store is kept across the three workers, as on a host.
+    """
+    with own_cluster(log_dir, "switch") as cluster:
+        bootstrap = cluster.bootstrap_servers
+        env = hookline_env(
+            bootstrap, tmp_path, HOOKLINE_SOURCES=str(DEV_SOURCES), HOOKLINE_STORE="rocksdb"
+        )
+        deliveries, expected = scenario(orders=60)
+        third = len(deliveries) // 3
+        thirds = [deliveries[:third], deliveries[third : 2 * third], deliveries[2 * third :]]
+        for guarantee, part in zip(
+            ("exactly_once", "at_least_once", "exactly_once"), thirds, strict=True
+        ):
+            worker = processes.worker(
+                {**env, "HOOKLINE_PROCESSING_GUARANTEE": guarantee}, log_dir
+            ).start(timeout=90)
+            try:
+                assert f"processing guarantee: {guarantee}" in worker.log()
+                await produce(bootstrap, part, RATE_PER_S)
+                await asyncio.sleep(3)  # some of it processed: its changelog records written
+            finally:
+                worker.stop()
+        worker = processes.worker(env, log_dir).start(timeout=90)
+        try:
+            stats = check_exact(await final_records(bootstrap, expected), expected)
+            print(f"exactly once, at least once, exactly once: {stats}")
+        finally:
+            worker.stop()
