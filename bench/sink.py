@@ -13,7 +13,10 @@ The input is N records on each of ``production.orders.changes``,
 one version each), written before either reader starts. The sink's clock
 runs from its "sink ready" log line to the moment the three tables'
 committed offsets cover every record; the baseline's from its first fetch
-request to its last record.
+request to its last record. After each run (outside the clock) the bench
+checks ``orders_state`` as the warehouse bar does: one row per order, every
+measured order at its latest version, the preloaded ones and nothing else
+(``exact``).
 
     .venv/bin/python bench/sink.py [--records 20000] [--batch-rows 50000 5000]
         [--preload 0 1000000] [--json]
@@ -216,6 +219,29 @@ def first_commit_at(warehouse: Path) -> float | None:
     return min(stamps) / 1000 if stamps else None
 
 
+def exact_state(warehouse: Path, preloaded: int, orders: dict[str, int]) -> dict[str, Any]:
+    """The warehouse bar's check: ``orders_state`` holds one row per order, each measured
+    order at its latest version, and nothing else than the preloaded orders besides."""
+    from hookline.warehouse import tables
+
+    catalog = tables.open_catalog(tables.WarehouseConfig(directory=warehouse))
+    found = (
+        catalog.load_table(f"{ENVIRONMENT}.orders_state")
+        .scan(selected_fields=("order_id", "version"))
+        .to_arrow()
+    )
+    ids = found.column("order_id")
+    versions = dict(zip(ids.to_pylist(), found.column("version").to_pylist(), strict=True))
+    duplicates = found.num_rows - len(versions)
+    wrong = sum(1 for order, version in orders.items() if versions.get(order) != version)
+    return {
+        "exact": duplicates == 0 and wrong == 0 and found.num_rows == preloaded + len(orders),
+        "orders_state_rows": found.num_rows,
+        "duplicate_orders": duplicates,
+        "orders_not_at_latest": wrong,
+    }
+
+
 PRELOAD_COMMIT = 50_000
 PRELOAD_SPAN_MS = 30 * 86_400_000  # preloaded orders: the 30 days before the measured ones
 
@@ -295,7 +321,12 @@ def preload(warehouse: Path, orders: int) -> dict[str, float]:
 
 
 def run_sink(
-    bootstrap: str, batch_rows: int, expected: int, timeout: float, warehouse: Path
+    bootstrap: str,
+    batch_rows: int,
+    expected: int,
+    timeout: float,
+    warehouse: Path,
+    check: tuple[int, dict[str, int]],
 ) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="bench-sink-") as tmp:
         port = free_port()
@@ -345,7 +376,7 @@ def run_sink(
             ]
         finally:
             sink.stop()
-    return {
+    return exact_state(warehouse, *check) | {
         "seconds": seconds,
         "commits": commits,
         "cpu": cpu,  # the whole process's, start-up included (the table's CPU ms/rec)
@@ -376,6 +407,10 @@ def result_json(
         "first_out_ms": round(1000 * result["first_out"], 1),
         "commits": result["commits"],
         "steal_share": round(result["steal"], 4),
+        "exact": result["exact"],
+        "orders_state_rows": result["orders_state_rows"],
+        "duplicate_orders": result["duplicate_orders"],
+        "orders_not_at_latest": result["orders_not_at_latest"],
     }
 
 
@@ -426,7 +461,9 @@ def main() -> int:
             )
         )
         say(f"writing {expected} records to {', '.join(TOPICS)}")
-        asyncio.run(produce(bootstrap, records(args.records)))
+        produced = records(args.records)
+        latest = {key.decode(): 1 for topic, key, _ in produced if topic == TOPICS[1]}
+        asyncio.run(produce(bootstrap, produced))
         baseline_runs = []
         for run in range(args.baseline_runs):
             baseline_runs.append(asyncio.run(bare_read(bootstrap, expected)))
@@ -434,7 +471,7 @@ def main() -> int:
         median = sorted(baseline_runs, key=lambda r: r["seconds"])[len(baseline_runs) // 2]
         baseline = median["seconds"]
         rows = [["bare consumer (baseline)", "-", f"{baseline:.2f}", f"{expected / baseline:.0f}"]]
-        rows[0] += ["1.000", "-", "-"]
+        rows[0] += ["1.000", "-", "-", "-"]
         scratch = Path(tempfile.mkdtemp(prefix="bench-sink-preload-"))
         preloads: dict[int, dict[str, float]] = {}
         for orders in sorted(set(args.preload) - {0}):
@@ -447,7 +484,9 @@ def main() -> int:
                 if orders and not warehouse.exists():
                     # The SQLite catalog holds absolute paths: restore at the same path.
                     shutil.copytree(scratch / str(orders) / "pristine", warehouse)
-                result = run_sink(bootstrap, batch_rows, expected, args.timeout, warehouse)
+                result = run_sink(
+                    bootstrap, batch_rows, expected, args.timeout, warehouse, (orders, latest)
+                )
                 shutil.rmtree(warehouse, ignore_errors=True)
                 results.append(
                     result_json(batch_rows, orders, expected, result, expected / baseline)
@@ -462,6 +501,7 @@ def main() -> int:
                         f"{rate / (expected / baseline):.3f}",
                         str(int(result["commits"])),
                         f"{1000 * result['cpu'] / expected:.3f}",
+                        "yes" if result["exact"] else "NO",
                     ]
                 )
         shutil.rmtree(scratch, ignore_errors=True)
@@ -489,18 +529,19 @@ def main() -> int:
                     str(n): {k: round(v, 2) for k, v in p.items()} for n, p in preloads.items()
                 },
                 "slowdown_at_preload": slowdowns(results),
+                "exact": all(r["exact"] for r in results),
                 "results": results,
                 "load_average": [round(load_before, 2), round(load_after, 2)],
             }
         )
-        return 0
+        return 0 if all(r["exact"] for r in results) else 1
     print(
         table(
-            ["reader", "batch rows", "seconds", "records/s", "ratio", "commits", "CPU ms/rec"],
+            ["reader", "batch", "seconds", "records/s", "ratio", "commits", "CPU ms/rec", "exact"],
             rows,
         )
     )
-    return 0
+    return 0 if all(r["exact"] for r in results) else 1
 
 
 if __name__ == "__main__":
