@@ -98,6 +98,10 @@ class Settings:
     #: broker has transactions (Apache Kafka), else at least once
     #: (streams/exactly_once.py).
     processing_guarantee: str | None = None
+    #: Seconds an assigned input partition may go without progress (no fetch
+    #: answered, nothing processed, nothing committed while records wait)
+    #: before the worker logs an ERROR about it (Faust's livelock checks).
+    stall_timeout_s: float = 300.0
     #: How long the worker's fetch waits on the broker for partitions with no
     #: new records (streams/transport.py). Kafka answers as soon as a record
     #: arrives, so 500 costs it no latency; the embedded broker answers only
@@ -151,6 +155,7 @@ class Settings:
             commit_interval_s=_float(env, "HOOKLINE_COMMIT_INTERVAL", 1.0),
             session_timeout_s=_float(env, "HOOKLINE_SESSION_TIMEOUT", 30.0),
             processing_guarantee=guarantee,
+            stall_timeout_s=_float(env, "HOOKLINE_STALL_TIMEOUT", 300.0),
             fetch_max_wait_ms=_int(
                 env,
                 "HOOKLINE_FETCH_MAX_WAIT_MS",

@@ -55,6 +55,8 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
+        stream_processing_timeout=settings.stall_timeout_s,
+        broker_commit_livelock_soft_timeout=settings.stall_timeout_s,
         broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 3),
         producer_acks=-1,
         # A batch's outputs are sent in one burst and awaited together: a few
