@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -264,11 +265,20 @@ def landed(
     produced = 0
     kills = []
     for phase in phases[:2]:
-        asyncio.run(produce(broker.bootstrap_servers, phase, 0.01))
-        produced += len(phase)
         sink = sink_process(env, warehouse, log_dir, *args).start(timeout=60)
-        wait_for(lambda s=sink: commits_in(s) >= 1, 40, "a commit", poll=0.02)
-        sink.kill()  # SIGKILL: no flush, no goodbye to the group
+        wait_for(lambda s=sink: "sink ready" in s.log(), 40, "partitions assigned", poll=0.02)
+        # Produced while the sink lands it: a sink that has landed a phase
+        # written ahead of it can be quicker than any poll for its first commit.
+        producing = threading.Thread(
+            target=asyncio.run, args=(produce(broker.bootstrap_servers, phase, 0.05),)
+        )
+        producing.start()
+        try:
+            wait_for(lambda s=sink: commits_in(s) >= 1, 40, "a commit", poll=0.02)
+            sink.kill()  # SIGKILL: no flush, no goodbye to the group
+        finally:
+            producing.join()
+        produced += len(phase)
         # Mid-stream: records it had not landed yet were waiting when it died.
         landed_changes = len(table_rows(warehouse, "order_changes", orders.prefix))
         changes = {v for t, _, v in stream[:produced] if t == "production.orders.changes"}
