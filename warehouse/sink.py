@@ -5,7 +5,12 @@ assigned the sink seeks each to the offset stored in its table's newest
 snapshot (``warehouse.tables``), and it commits offsets to its Kafka group
 only after the table commit that holds them (a copy for lag dashboards).
 A batch is committed when it holds ``batch_rows`` records or its oldest
-record waited ``commit_interval_s``; one table commit per table and batch.
+record waited ``commit_interval_s``; one table commit per table and batch,
+the tables' side by side. One batch lands while the next is read (at most
+one in flight, so up to two batches in memory): what is read meanwhile
+continues from the landed offsets, or queues behind the batch when its
+commit failed, and a partition fenced or revoked meanwhile is read again
+from the table's offset.
 
 While the warehouse is unreachable nothing is committed anywhere: the batch
 waits in memory, consumption is paused (the sink stays in its group) and the
