@@ -145,6 +145,31 @@ async def end_offsets(bootstrap: str, partitions: list[TopicPartition]) -> dict[
         await consumer.stop()
 
 
+async def after_last_records(bootstrap: str, partitions: list[TopicPartition]) -> dict[Any, int]:
+    """Per partition, the offset after its last record a ``read_committed`` reader gets.
+
+    What a consumer group can commit up to: past it there are only transaction
+    markers and records of aborted transactions (0 for a partition with none).
+    """
+    ends = await end_offsets(bootstrap, partitions)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, isolation_level="read_committed", fetch_max_wait_ms=10
+    )
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        after = dict.fromkeys(partitions, 0)
+        deadline = time.monotonic() + 30
+        while any([await consumer.position(tp) < ends[tp] for tp in partitions]):
+            assert time.monotonic() < deadline, "the partitions could not be read to their ends"
+            for tp, records in (await consumer.getmany(timeout_ms=200)).items():
+                after[tp] = max(after[tp], *(record.offset + 1 for record in records))
+        return after
+    finally:
+        await consumer.stop()
+
+
 async def committed_offsets(
     bootstrap: str, partitions: list[TopicPartition], group: str = "hookline"
 ) -> dict[TopicPartition, int | None]:
