@@ -44,6 +44,8 @@ from aiokafka.errors import (
     KafkaError,
     ProducerFenced,
     TransactionalIdAuthorizationFailed,
+    UnknownError,
+    UnsupportedVersionError,
 )
 from faust.types import TP
 from hookline.streams.membership import Fenced
@@ -79,6 +81,9 @@ def maybe_killed_in_transaction(stage: str) -> None:
 #: Time allowed to read one changelog partition's tail.
 PROBE_TIMEOUT_S = 60.0
 
+#: How long a worker asks a cluster that does not answer whether it has transactions.
+PROBE_PATIENCE_S = 60.0
+
 #: The transactional id a probe uses to learn whether the broker has transactions.
 PROBE_ID = "hookline-transactions-probe"
 
@@ -92,23 +97,49 @@ class TransactionsUnsupported(RuntimeError):
     """Exactly once was asked for, and the broker has no transactions."""
 
 
-async def broker_has_transactions(client_settings: Mapping[str, Any]) -> bool:
+class TransactionsUnknown(TransactionsUnsupported):
+    """The broker could not say whether it has transactions, or refused this worker them."""
+
+
+async def broker_has_transactions(
+    client_settings: Mapping[str, Any], patience_s: float = PROBE_PATIENCE_S
+) -> bool:
     """Can a producer initialise a transactional id on this cluster?
 
     Apache Kafka answers ``InitProducerId`` for a transactional id; the
-    embedded broker (Tansu) fails it at once.
+    embedded broker (Tansu) refuses it at once (an unknown error), which is
+    the only answer read as "no transactions". A cluster that cannot answer
+    yet (starting, its transaction log not ready) is asked again for
+    ``patience_s``, then :class:`TransactionsUnknown` is raised: a worker
+    never falls back to at least once because Kafka was slow.
     """
-    producer = AIOKafkaProducer(
-        **client_settings, transactional_id=PROBE_ID, request_timeout_ms=10_000
-    )
-    try:
-        await asyncio.wait_for(producer.start(), 30.0)
-    except (KafkaError, TimeoutError, OSError) as exc:
-        log.debug("transactions probe failed: %r", exc)
-        return False
-    finally:
-        await producer.stop()
-    return True
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience_s
+    while True:
+        producer = AIOKafkaProducer(
+            **client_settings, transactional_id=PROBE_ID, request_timeout_ms=10_000
+        )
+        try:
+            await asyncio.wait_for(producer.start(), 30.0)
+            return True
+        except (UnknownError, UnsupportedVersionError) as exc:
+            log.debug("transactions probe refused: %r", exc)
+            return False
+        except TransactionalIdAuthorizationFailed as exc:
+            raise TransactionsUnknown(
+                f"the worker may not use transactional ids ({exc!r}): allow it to write "
+                "transactional ids starting with 'hookline-' (docs/operations.md), or set "
+                "HOOKLINE_PROCESSING_GUARANTEE=at_least_once"
+            ) from exc
+        except (KafkaError, TimeoutError, OSError) as exc:
+            if loop.time() > deadline:
+                raise TransactionsUnknown(
+                    f"could not learn whether the broker has transactions: {exc!r}"
+                ) from exc
+            log.info("transactions probe: no answer yet (%r); asking again", exc)
+            await asyncio.sleep(1.0)
+        finally:
+            await producer.stop()
 
 
 async def resolve_guarantee(wanted: str | None, client_settings: Mapping[str, Any]) -> Guarantee:

@@ -138,3 +138,13 @@ def test_the_guarantee_setting_accepts_the_two_names_and_unset() -> None:
         assert Settings.from_env(env).processing_guarantee == name
     with pytest.raises(SettingsError, match="exactly_once"):
         Settings.from_env({"HOOKLINE_PROCESSING_GUARANTEE": "exactly-once"})
+
+
+async def test_no_answer_about_transactions_is_an_error_not_at_least_once() -> None:
+    """A cluster that cannot answer yet must not make a worker fall back to at least once."""
+    from hookline.infra.broker import free_port
+    from hookline.streams.exactly_once import TransactionsUnknown, broker_has_transactions
+
+    nobody = {"bootstrap_servers": f"127.0.0.1:{free_port()}"}
+    with pytest.raises(TransactionsUnknown, match="could not learn"):
+        await broker_has_transactions(nobody, patience_s=1.0)
