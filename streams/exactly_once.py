@@ -78,8 +78,9 @@ def maybe_killed_in_transaction(stage: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-#: Time allowed to read one changelog partition's tail.
-PROBE_TIMEOUT_S = 60.0
+#: Time allowed to read one changelog partition's tail (a zombie's open
+#: transaction holds it until the transaction times out: 60 s by default).
+PROBE_TIMEOUT_S = 120.0
 
 #: How long a worker asks a cluster that does not answer whether it has transactions.
 PROBE_PATIENCE_S = 60.0
@@ -343,14 +344,15 @@ async def committed_end_offsets(
 ) -> dict[TP, int]:
     """Per changelog partition, the offset after its last committed record.
 
-    ``stable`` holds each partition's last stable offset (ListOffsets,
-    ``read_committed``). Under transactions the record before it is a
-    commit or abort marker, which no consumer ever receives: Faust's table
-    recovery, waiting to be handed the record before the end offset, would
-    never finish. So each partition's tail is read ``read_committed``, from a
-    little before the end and further back until a record is found (or the
-    log start is reached: then nothing committed is there, and the end is
-    the log start).
+    ``stable`` holds each partition's high watermark. Under transactions the
+    record before it is a commit or abort marker, which no consumer ever
+    receives: Faust's table recovery, waiting to be handed the record before
+    the end offset, would never finish. Not the last stable offset: a
+    transaction left open by a dead owner holds it back while committed
+    records of the partition's other writer (``orders`` has two) follow. So
+    each partition's tail is read ``read_committed``, from a little before
+    the end and further back until a record is found (or the log start is
+    reached: then nothing committed is there, and the end is the log start).
     """
     result = dict(stable)
     if not stable:
@@ -388,8 +390,10 @@ async def _last_committed(probe: AIOKafkaConsumer, tp: TP, start: int, end: int)
         probe.seek(partition, begin)
         last = None
         position = begin
-        # To the end, or to the last stable offset when a transaction still
-        # open (a writer switching guarantee) holds read_committed readers there.
+        # To the high watermark: a read_committed reader passes a transaction
+        # still open only once it ends (a dead owner's is aborted when the
+        # partition's new producer starts; a zombie's at its timeout), and
+        # committed records of another producer may follow it.
         while position < end:
             if loop.time() > deadline:
                 raise KafkaError(f"{tp.topic}[{tp.partition}]: its tail could not be read")
@@ -398,9 +402,6 @@ async def _last_committed(probe: AIOKafkaConsumer, tp: TP, start: int, end: int)
                 if record.offset < end:
                     last = record.offset
             position = await probe.position(partition)
-            stable = probe.last_stable_offset(partition)
-            if not fetched and stable is not None and 0 <= stable <= position:
-                break
         if last is not None:
             return last + 1
         if begin == start:

@@ -133,9 +133,10 @@ class ConsumerThread(driver.AIOKafkaConsumerThread):
         """
         reported = await super()._highwaters(partitions)
         settings = worker_client_settings(self.app, "end-offsets")
-        if not exactly_once(self.app):
-            reported = await fetched_end_offsets(settings, reported)
-        return await committed_end_offsets(settings, reported)
+        # The high watermark (read_committed, ListOffsets answers the last
+        # stable offset, which an open transaction holds back).
+        ends = await fetched_end_offsets(settings, reported)
+        return await committed_end_offsets(settings, ends)
 
 
 def read_cleared_records_again(
