@@ -90,6 +90,7 @@ from _common import (
     say,
     steal_share,
     table,
+    thread_cpu_seconds,
 )
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -690,6 +691,7 @@ def run_hookline(
         into = ", ".join(outputs.topics)
         say(f"  {name} ({in_force}): {len(records)} records {raw_topic} -> {into}")
         cpu_before, machine_before = cpu_seconds(worker_pid), cpu_times()
+        threads_before = thread_cpu_seconds(worker_pid)
         broker_before = sum(cpu_seconds(pid) for pid in broker_pids or [])
         profiler = None if profile is None else start_profiler(worker_pid, profile, profile_seconds)
         result = asyncio.run(move(bootstrap, records, None, outputs, name, timeout, worker_pid))
@@ -698,6 +700,11 @@ def run_hookline(
             mover_cpu_seconds=cpu_seconds(worker_pid) - cpu_before,
             steal_share=steal_share(machine_before, cpu_times()),
         )
+        threads = {
+            name: round(seconds - threads_before.get(name, 0.0), 2)
+            for name, seconds in thread_cpu_seconds(worker_pid).items()
+        }
+        say(f"  worker CPU seconds by thread: {threads}")
         broker_cpu = sum(cpu_seconds(pid) for pid in broker_pids or []) - broker_before
         if not broker_pids:
             broker_cpu = float("nan")
