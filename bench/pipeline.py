@@ -458,7 +458,8 @@ async def forward(bootstrap: str) -> None:
 
 
 def start_profiler(pid: int | None, output: Path, seconds: float) -> subprocess.Popen[bytes]:
-    """py-spy (from the venv) sampling ``pid`` at 100 Hz, raw collapsed stacks to ``output``.
+    """py-spy (from the venv) sampling ``pid`` at 100 Hz (``HOOKLINE_BENCH_PROFILE_HZ``
+    sets another rate), raw collapsed stacks to ``output``.
 
     ``--nonblocking`` does not pause the worker to sample it, so the profile
     costs the worker almost nothing (stacks may be slightly inconsistent).
@@ -466,7 +467,7 @@ def start_profiler(pid: int | None, output: Path, seconds: float) -> subprocess.
     if pid is None:
         raise RuntimeError("no worker process to profile")
     py_spy = Path(sys.executable).parent / "py-spy"
-    command = [str(py_spy), "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", "100"]
+    command = [str(py_spy), "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", os.environ.get("HOOKLINE_BENCH_PROFILE_HZ", "100")]
     command += ["-f", "raw", "-o", str(output), "--nonblocking"]
     say(f"  py-spy attached to worker pid {pid} for {seconds:g}s -> {output}")
     return subprocess.Popen(
