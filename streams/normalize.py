@@ -10,6 +10,11 @@ delivery stops the pipeline"). The one exception is a raw record of a schema
 this release does not know (:class:`codec.UnknownSchema`): it is not bad data
 but a newer release's record, and the stage waits for a worker that can read
 it instead of dead-lettering it.
+
+Two steps, so that a provider's retry costs only the first: :func:`identify`
+(the envelope decoded, the body parsed, the dedup key and content digest)
+and, for a delivery deduplication found new, :func:`map_events` (the
+canonical events built and encoded). :func:`normalize` runs both.
 """
 
 from __future__ import annotations
@@ -96,6 +101,22 @@ def _kept_in_letter(envelope: dict[str, Any], raw_position: tuple[int, int]) -> 
     return kept
 
 
+class Identified(NamedTuple):
+    """A delivery read and identified, not yet mapped: what deduplication needs.
+
+    A provider's retry is dropped at its dedup entry, so its events are never
+    built or encoded: :func:`map_events` runs only for a delivery that is new.
+    """
+
+    envelope: dict[str, Any]
+    dedup_key: str  # "<source>|<the kind's key>"
+    content_digest: str
+    window_ms: int
+    document: dict[str, Any]
+    key: bytes
+    raw_position: tuple[int, int] | None
+
+
 def normalize(
     raw_key: bytes | None,
     raw_value: bytes | None,
@@ -104,7 +125,25 @@ def normalize(
     max_json_depth: int = DEFAULT_MAX_DEPTH,
     raw_position: tuple[int, int] | None = None,
 ) -> Delivery | DeadLetter:
-    """``raw_position``: the record's (partition, offset), named in its dead letter."""
+    """:func:`identify`, then :func:`map_events`: a raw record's events, or its dead letter.
+
+    ``raw_position``: the record's (partition, offset), named in its dead letter.
+    """
+    identified = identify(raw_key, raw_value, environment, sources, max_json_depth, raw_position)
+    if isinstance(identified, DeadLetter):
+        return identified
+    return map_events(identified)
+
+
+def identify(
+    raw_key: bytes | None,
+    raw_value: bytes | None,
+    environment: str,
+    sources: Mapping[str, Source],
+    max_json_depth: int = DEFAULT_MAX_DEPTH,
+    raw_position: tuple[int, int] | None = None,
+) -> Identified | DeadLetter:
+    """Decode the envelope, parse the body and compute its dedup identity."""
     key = raw_key or b""
     try:
         if raw_value is None:
@@ -137,15 +176,35 @@ def normalize(
             document = loads_object(envelope["body"], max_json_depth)
         except NotAJsonObject as exc:
             raise Unmappable(str(exc)) from None
+        kind_key, digest = adapter.dedup_identity(document, source.dedup_ignore if source else ())
+    except Unmappable as exc:
+        reason = str(exc) or type(exc).__name__
+        return dead_letter(envelope, "normalize", reason, key, raw_position)
+    except Exception as exc:  # a record never stops the stage
+        return dead_letter(envelope, "normalize", unexpected(exc), key, raw_position)
+    return Identified(
+        envelope=envelope,
+        dedup_key=f"{envelope['source']}|{kind_key}",
+        content_digest=digest,
+        window_ms=source.dedup_window_ms if source else DEFAULT_DEDUP_WINDOW_MS,
+        document=document,
+        key=key,
+        raw_position=raw_position,
+    )
+
+
+def map_events(identified: Identified) -> Delivery | DeadLetter:
+    """The identified delivery's canonical events, each encoded, or its dead letter."""
+    envelope, key, raw_position = identified.envelope, identified.key, identified.raw_position
+    try:
         ctx = DeliveryContext(
             delivery_id=envelope["delivery_id"],
             source=envelope["source"],
             kind=envelope["kind"],
-            environment=environment,
+            environment=envelope["environment"],
             received_at=envelope["received_at"],
         )
-        kind_key, digest = adapter.dedup_identity(document, source.dedup_ignore if source else ())
-        events = adapter.to_events(document, ctx)
+        events = adapter_for(envelope["kind"]).to_events(identified.document, ctx)
         encoded = {
             event["event_id"]: codec.encode(codec.CANONICAL_EVENT, event) for event in events
         }
@@ -160,9 +219,9 @@ def normalize(
 
     return Delivery(
         envelope=envelope,
-        dedup_key=f"{envelope['source']}|{kind_key}",
-        content_digest=digest,
-        window_ms=source.dedup_window_ms if source else DEFAULT_DEDUP_WINDOW_MS,
+        dedup_key=identified.dedup_key,
+        content_digest=identified.content_digest,
+        window_ms=identified.window_ms,
         events=events,
         encoded=encoded,
     )

@@ -59,7 +59,8 @@ from hookline.streams.normalize import (
     DeadLetter,
     Delivery,
     dead_letter,
-    normalize,
+    identify,
+    map_events,
     unexpected,
 )
 from hookline.streams.order_state import OrderResult, apply_event, apply_update, retire
@@ -389,7 +390,7 @@ class EnvironmentPipeline:
                     continue
                 try:
                     position = (event.message.partition, event.message.offset)
-                    result = normalize(
+                    identified = identify(
                         event.key,
                         event.value,
                         self.env,
@@ -400,12 +401,12 @@ class EnvironmentPipeline:
                 except codec.UnknownSchema as exc:
                     held.hold(event, exc, "raw record")
                     continue
-                if isinstance(result, DeadLetter):
-                    batch.send(self.deadletter, result.key, result.value)
-                    letters.append(result.record)
+                if isinstance(identified, DeadLetter):
+                    batch.send(self.deadletter, identified.key, identified.value)
+                    letters.append(identified.record)
                     continue
-                envelope = result.envelope
-                key = result.dedup_key.encode()
+                envelope = identified.envelope
+                key = identified.dedup_key.encode()
                 try:
                     entry = batch.get(event, key)
                 except codec.UnknownSchema as exc:
@@ -416,7 +417,7 @@ class EnvironmentPipeline:
                     entry,
                     envelope["delivery_id"],
                     envelope["received_at"],
-                    result.content_digest,
+                    identified.content_digest,
                     replaying=REPLAY_HEADER in envelope["headers"],
                 )
                 if seen is Seen.DUPLICATE:
@@ -427,11 +428,17 @@ class EnvironmentPipeline:
                     self.metrics.replays.labels(self.env, "intake").inc()
                     continue
                 if seen is Seen.CONFLICT:
-                    reason = conflict_reason(result.dedup_key, entry)
+                    reason = conflict_reason(identified.dedup_key, entry)
                     letter = dead_letter(envelope, "dedup", reason, event.key or b"", position)
                     batch.send(self.deadletter, letter.key, letter.value)
                     letters.append(letter.record)
                     self.metrics.dedup_conflicts.labels(self.env, envelope["source"]).inc()
+                    continue
+                # New: only now are its events built (a retry never gets here).
+                result = map_events(identified)
+                if isinstance(result, DeadLetter):
+                    batch.send(self.deadletter, result.key, result.value)
+                    letters.append(result.record)
                     continue
                 try:
                     self._read_orders(orders, event, result.events)

@@ -9,6 +9,7 @@ from typing import Any
 
 import jwt
 import pytest
+from hookline.core import adapters
 from hookline.core.adapters import adapter_for, payments
 from hookline.core.events import DeliveryContext
 from hookline.core.sources import DEFAULT_DEDUP_WINDOW_MS, Source
@@ -18,7 +19,10 @@ from hookline.streams.normalize import (
     RAW_POSITION_HEADER,
     DeadLetter,
     Delivery,
+    Identified,
     dead_letter,
+    identify,
+    map_events,
     normalize,
 )
 
@@ -449,3 +453,43 @@ def test_other_kinds_keep_their_body_in_a_letter() -> None:
     record = dead(normalize(key, value, "production", SOURCES, raw_position=(0, 7)), "normalize")
     assert record["envelope"]["body"] == envelope["body"]
     assert record["envelope"]["headers"][RAW_POSITION_HEADER] == "0@7"
+
+
+def test_identify_computes_the_dedup_identity_without_building_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A retry is dropped after identify: its events must not be built for it."""
+    key, value, envelope = raw("partner", payload_bytes("partner-order-status.json"))
+    expected = delivered(key, value)
+
+    def refuse(*_: Any) -> Any:
+        raise AssertionError("to_events called while identifying")
+
+    monkeypatch.setattr(adapter_for("partner"), "to_events", refuse)
+    identified = identify(key, value, "production", SOURCES)
+    assert isinstance(identified, Identified)
+    assert identified.envelope == envelope
+    assert (identified.dedup_key, identified.content_digest, identified.window_ms) == (
+        expected.dedup_key,
+        expected.content_digest,
+        expected.window_ms,
+    )
+    monkeypatch.undo()
+    assert map_events(identified) == expected
+
+
+def test_events_that_cannot_be_built_are_dead_lettered_by_map_events(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    key, value, _ = raw("partner", payload_bytes("partner-order-status.json"))
+    identified = identify(key, value, "production", SOURCES, raw_position=(2, 9))
+    assert isinstance(identified, Identified)
+
+    def unmappable(*_: Any) -> Any:
+        raise adapters.Unmappable("no order id")
+
+    monkeypatch.setattr(adapter_for("partner"), "to_events", unmappable)
+    letter = map_events(identified)
+    assert isinstance(letter, DeadLetter)
+    assert (letter.record["stage"], letter.record["reason"]) == ("normalize", "no order id")
+    assert letter.record["envelope"]["headers"][RAW_POSITION_HEADER] == "2@9"
