@@ -467,7 +467,16 @@ def start_profiler(pid: int | None, output: Path, seconds: float) -> subprocess.
     if pid is None:
         raise RuntimeError("no worker process to profile")
     py_spy = Path(sys.executable).parent / "py-spy"
-    command = [str(py_spy), "record", "-p", str(pid), "-d", f"{seconds:g}", "-r", os.environ.get("HOOKLINE_BENCH_PROFILE_HZ", "100")]
+    command = [
+        str(py_spy),
+        "record",
+        "-p",
+        str(pid),
+        "-d",
+        f"{seconds:g}",
+        "-r",
+        os.environ.get("HOOKLINE_BENCH_PROFILE_HZ", "100"),
+    ]
     command += ["-f", "raw", "-o", str(output), "--nonblocking"]
     say(f"  py-spy attached to worker pid {pid} for {seconds:g}s -> {output}")
     return subprocess.Popen(
