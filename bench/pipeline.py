@@ -529,6 +529,13 @@ def worker_guarantee(metrics_url: str) -> str | None:
     return found[0] if found else None
 
 
+def worker_stage_events(metrics_url: str) -> dict[str, int]:
+    """Events each stage took in all, warm-up included: how a delivery fans out over the hops."""
+    text = httpx.get(metrics_url, timeout=5.0).text
+    sums = re.findall(r'^hookline_worker_batch_size_sum\{stage="(\w+)"\} (\S+)$', text, re.M)
+    return {stage: round(float(total)) for stage, total in sorted(sums)}
+
+
 def worker_batch_sizes(metrics_url: str) -> dict[str, float]:
     """Mean events per batch by stage, warm-up included: small batches cost more per record."""
     text = httpx.get(metrics_url, timeout=5.0).text
@@ -726,6 +733,7 @@ def run_hookline(
         say(f"worker counted {changes} state changes (sent {len(warmup) + len(records)})")
         sizes = worker_batch_sizes(metrics_url)
         say(f"mean events per batch: {sizes}")
+        say(f"events per stage, warm-up included: {worker_stage_events(metrics_url)}")
     wrong = outputs.wrong()
     if wrong:
         say(f"  {len(wrong)} order(s) not exact, e.g. {wrong[:3]}")
