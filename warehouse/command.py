@@ -37,6 +37,7 @@ sink settings (flags win over the environment):
   HOOKLINE_SINK_CATALOG          default for --catalog
   HOOKLINE_SINK_BATCH_ROWS       default for --batch-rows (50000)
   HOOKLINE_SINK_COMMIT_INTERVAL  default for --commit-interval (60 seconds)
+  HOOKLINE_SINK_DECODERS         default for --decoders (2)
   PYICEBERG_CATALOG__<NAME>__*   the named catalog's configuration (pyiceberg's own),
                                  or ~/.pyiceberg.yaml; see docs/warehouse.md
 """
@@ -105,6 +106,14 @@ def add_parser(sub: Any, epilog: str) -> None:
         help="commit when the oldest buffered record waited this long (default 60)",
     )
     parser.add_argument(
+        "--decoders",
+        type=int,
+        default=None,
+        metavar="N",
+        help="processes that decode records into rows beside the sink's own (default 2; "
+        "0: the sink decodes them itself)",
+    )
+    parser.add_argument(
         "--group",
         default=None,
         help="Kafka consumer group (default: hookline-sink-<hash of the warehouse>, so sinks "
@@ -163,8 +172,15 @@ def cmd_sink(args: argparse.Namespace) -> int:
             if args.commit_interval is not None
             else _float(os.environ, "HOOKLINE_SINK_COMMIT_INTERVAL", sink.DEFAULT_COMMIT_INTERVAL_S)
         )
+        decoders = (
+            args.decoders
+            if args.decoders is not None
+            else _int(os.environ, "HOOKLINE_SINK_DECODERS", sink.DEFAULT_DECODERS, minimum=0)
+        )
     except SettingsError as exc:
         raise _fail(str(exc)) from None
+    if decoders < 0:
+        args.parser.error("--decoders must be 0 or more")
     if batch_rows < 1 or interval <= 0:  # a usage error: exit 2, as argparse's own
         args.parser.error("--batch-rows and --commit-interval must be positive")
     if args.expire_after_hours <= 0 or args.compact_min_files < 2:
@@ -213,6 +229,7 @@ def cmd_sink(args: argparse.Namespace) -> int:
         commit_interval_s=interval,
         group_id=group,
         session_timeout_s=settings.session_timeout_s,
+        decoders=decoders,
     )
     # A batch is tens of thousands of rows of tuples, none in a reference
     # cycle: with the default thresholds the cyclic collector ran every 700

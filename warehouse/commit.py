@@ -27,14 +27,17 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.compute as pc
 from hookline.schemas import codec
 from hookline.schemas.avro_codegen import UnsupportedSchema
-from hookline.warehouse import avro_rows, rows, tables
+from hookline.warehouse import avro_rows, row_batches, rows, tables
 from hookline.warehouse.rows import TableDef
 from hookline.warehouse.tables import WarehouseError
 from hookline.warehouse.version_index import VersionIndex, from_micros
@@ -63,6 +66,10 @@ class PartitionBatch:
     next_offset: int  # the offset after the last record consumed
     # rows.Row tuples (the sink's), or rows.to_row dicts
     rows: list[Any] = field(default_factory=list)
+    #: rows decoded off the sink's process, in row_batches.layout (warehouse.decoder)
+    batches: list[pa.RecordBatch | pa.Table] = field(default_factory=list)
+    #: the sink's decoder jobs not yet turned into ``rows`` and ``batches`` (never committed)
+    decoding: list[Any] = field(default_factory=list)
 
 
 @dataclass
@@ -168,14 +175,14 @@ class TableWriter:
             result.fenced = {p: current.get(p) for p in parts if p not in accepted}
             if not accepted:
                 break
-            batch = [rows.as_row(self.table_def, r) for b in accepted.values() for r in b.rows]
-            unique = rows.latest_rows(self.table_def, batch)
+            batch = self._batch(accepted.values())
+            unique = row_batches.latest(self.table_def, batch)
             new, replace, stale, duplicates = self._against_table(table, unique)
             # Versioned: an older version in the same batch is superseded (stale).
             if self.table_def.version_column is not None:
-                stale += len(batch) - len(unique)
+                stale += batch.num_rows - unique.num_rows
             else:
-                duplicates += len(batch) - len(unique)
+                duplicates += batch.num_rows - unique.num_rows
             result.stale, result.duplicates = stale, duplicates
             offsets[self.topic] = {**current, **{p: b.next_offset for p, b in accepted.items()}}
             try:
@@ -183,7 +190,7 @@ class TableWriter:
                 if replace is not None:
                     transaction.delete(replace)
                 transaction.append(
-                    tables.arrow_table(table, self.table_def, new),
+                    tables.arrow_table(table, new),
                     snapshot_properties=tables.offsets_property(offsets),
                 )
                 transaction.commit_transaction()
@@ -196,7 +203,7 @@ class TableWriter:
                     f"commit to {self.identifier} failed: {type(exc).__name__}: {exc}"
                 ) from exc
             result.committed = {p: b.next_offset for p, b in accepted.items()}
-            result.rows_written = len(new)
+            result.rows_written = new.num_rows
             if self.table_def.version_column is not None:
                 self._remember(table, new)
             break
@@ -207,47 +214,57 @@ class TableWriter:
         result.seconds = time.monotonic() - started
         return result
 
+    def _batch(self, parts: Iterable[PartitionBatch]) -> pa.Table:
+        """The partitions' rows as one Arrow table in ``row_batches.layout``."""
+        pieces: list[pa.RecordBatch | pa.Table] = []
+        for part in parts:
+            assert not part.decoding, "the sink resolves its decoder jobs before a commit"
+            pieces += part.batches
+            if part.rows:
+                tuples = [rows.as_row(self.table_def, r) for r in part.rows]
+                pieces.append(row_batches.from_rows(self.table_def, tuples))
+        return row_batches.concat(self.table_def, pieces)
+
     def _against_table(
-        self, table: Table, batch: list[rows.Row]
-    ) -> tuple[list[rows.Row], BooleanExpression | None, int, int]:
+        self, table: Table, batch: pa.Table
+    ) -> tuple[pa.Table, BooleanExpression | None, int, int]:
         """(rows to append, filter of rows they replace, stale count, duplicate count)."""
         if self.table_def.version_column is not None:
             return self._newer_versions(table, batch)
-        if not batch or table.current_snapshot() is None:
+        if not batch.num_rows or table.current_snapshot() is None:
             return batch, None, 0, 0
-        time_at = rows.position(self.table_def, self.table_def.time_column)
-        times = [row[time_at] for row in batch]
+        time_column = self.table_def.time_column
+        times = batch.column(time_column).cast(pa.int64())
         # A re-emitted record has the same time, so only the batch's time
         # range can hold a copy: partition and file statistics prune the rest.
         # Only the time range goes to pyiceberg: an In filter of a batch's
         # thousands of keys costs more to bind than the rows it would skip
         # (random keys prune no file), so the keys are matched here.
-        time_column = self.table_def.time_column
         found = table.scan(
             row_filter=And(
-                GreaterThanOrEqual(time_column, _at(from_micros(min(times)))),
-                LessThanOrEqual(time_column, _at(from_micros(max(times)))),
+                GreaterThanOrEqual(time_column, _at(from_micros(pc.min(times).as_py()))),
+                LessThanOrEqual(time_column, _at(from_micros(pc.max(times).as_py()))),
             ),
             selected_fields=self.table_def.key,
         ).to_arrow()
-        keys = [rows.position(self.table_def, k) for k in self.table_def.key]
-        if len(keys) == 1:
-            existing: set[Any] = set(found.column(self.table_def.key[0]).to_pylist())
-            new = [row for row in batch if row[keys[0]] not in existing]
+        if not found.num_rows:
+            return batch, None, 0, 0
+        key = self.table_def.key
+        if len(key) == 1:
+            seen = pc.is_in(batch.column(key[0]), value_set=found.column(key[0]).combine_chunks())
         else:
-            existing = set(
-                zip(*(found.column(k).to_pylist() for k in self.table_def.key), strict=True)
-            )
-            new = [row for row in batch if tuple(row[i] for i in keys) not in existing]
-        return new, None, 0, len(batch) - len(new)
+            existing = set(zip(*(found.column(k).to_pylist() for k in key), strict=True))
+            pairs = zip(*(batch.column(k).to_pylist() for k in key), strict=True)
+            seen = pa.array([pair in existing for pair in pairs], pa.bool_())
+        new = batch.filter(pc.invert(seen))
+        return new, None, 0, batch.num_rows - new.num_rows
 
     def _newer_versions(
-        self, table: Table, batch: list[rows.Row]
-    ) -> tuple[list[rows.Row], BooleanExpression | None, int, int]:
+        self, table: Table, batch: pa.Table
+    ) -> tuple[pa.Table, BooleanExpression | None, int, int]:
         key, version = self.table_def.key[0], self.table_def.version_column
         assert version is not None
         time_column = self.table_def.time_column
-        k, v = rows.position(self.table_def, key), rows.position(self.table_def, version)
         try:
             self.index.sync(table)
         except Exception as exc:  # storage errors reading the table: retried like a commit
@@ -255,13 +272,16 @@ class TableWriter:
                 f"cannot bring the version index of {self.identifier} up to date: "
                 f"{type(exc).__name__}: {exc}"
             ) from exc
-        existing = self.index.lookup([row[k] for row in batch])
+        keys = batch.column(key).to_pylist()
+        existing = self.index.lookup(keys)
         if not existing:
             return batch, None, 0, 0
         none = (-1, None)
-        new = [row for row in batch if row[v] > existing.get(row[k], none)[0]]
-        stale = len(batch) - len(new)
-        replaced = [row[k] for row in new if row[k] in existing]
+        versions = batch.column(version).to_pylist()
+        newer = [v > existing.get(k, none)[0] for k, v in zip(keys, versions, strict=True)]
+        new = batch.filter(pa.array(newer, pa.bool_()))
+        stale = batch.num_rows - new.num_rows
+        replaced = [k for k, keep in zip(keys, newer, strict=True) if keep and k in existing]
         if not replaced:
             return new, None, stale, 0
         # The replaced rows' times bound the delete, so only their partitions
@@ -272,15 +292,19 @@ class TableWriter:
         )
         return new, replace, stale, 0
 
-    def _remember(self, table: Table, new: list[rows.Row]) -> None:
+    def _remember(self, table: Table, new: pa.Table) -> None:
         """Add a committed batch to the index; a failure only costs the next sync a read."""
         version = self.table_def.version_column
         assert version is not None
-        k = rows.position(self.table_def, self.table_def.key[0])
-        v = rows.position(self.table_def, version)
-        t = rows.position(self.table_def, self.table_def.time_column)
+        times = new.column(self.table_def.time_column).cast(pa.int64())
+        triples = zip(
+            new.column(self.table_def.key[0]).to_pylist(),
+            new.column(version).to_pylist(),
+            times.to_pylist(),
+            strict=True,
+        )
         try:
-            self.index.record(table, ((r[k], r[v], r[t]) for r in new))
+            self.index.record(table, triples)
         except Exception as exc:
             log.warning(
                 "%s: version index not updated (%s); the next commit re-reads", self.identifier, exc

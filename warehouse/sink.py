@@ -39,6 +39,7 @@ from hookline.schemas import codec
 from hookline.schemas.codec import CodecError, UnknownSchema
 from hookline.warehouse import metrics, rows
 from hookline.warehouse.commit import CommitResult, PartitionBatch, TableWriter
+from hookline.warehouse.decoder import Decoded, DecoderPool
 from hookline.warehouse.rows import MappingError
 from hookline.warehouse.tables import WarehouseError
 from pyiceberg.catalog import Catalog
@@ -48,6 +49,7 @@ log = logging.getLogger("hookline.sink")
 DEFAULT_BATCH_ROWS = 50_000
 DEFAULT_COMMIT_INTERVAL_S = 60.0
 DEFAULT_GROUP = "hookline-sink"
+DEFAULT_DECODERS = 2
 
 
 class SinkError(RuntimeError):
@@ -68,6 +70,8 @@ class SinkConfig:
     retry_max_s: float = 30.0
     #: How long a killed sink holds its partitions (HOOKLINE_SESSION_TIMEOUT).
     session_timeout_s: float = 30.0
+    #: Processes that decode records into Arrow rows (warehouse.decoder); 0: this one.
+    decoders: int = DEFAULT_DECODERS
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -106,6 +110,8 @@ class Sink:
         self._lag_at = 0.0
         #: The flush landing the previous batch while the next one is read (at most one).
         self._inflight: asyncio.Task[bool] | None = None
+        #: Decodes records off this process while it runs (None: take() decodes them).
+        self.decoders: DecoderPool | None = None
 
     def stop(self) -> None:
         self._stop.set()
@@ -180,6 +186,9 @@ class Sink:
         writer = self.writers[tp.topic]
         expected = self._next.get(tp, 0)
         part = self._buffer.get(tp)
+        if self.decoders is not None:
+            self._hand_over(tp, writer, messages, part, expected)
+            return
         taken = tombstones = 0
         try:
             for message in messages:
@@ -208,6 +217,66 @@ class Sink:
                 metrics.ROWS_SKIPPED.labels(writer.identifier, "tombstone").inc(tombstones)
             self._next[tp] = expected
             metrics.BUFFERED.set(self._buffered)
+
+    def _hand_over(
+        self,
+        tp: TopicPartition,
+        writer: TableWriter,
+        messages: list[ConsumerRecord],
+        part: PartitionBatch | None,
+        expected: int,
+    ) -> None:
+        """take() with decoder processes: the fetch's values become one decoder job."""
+        assert self.decoders is not None
+        start = 0  # a fetch's offsets ascend: only its head can predate a seek
+        while start < len(messages) and messages[start].offset < expected:
+            start += 1
+        if start == len(messages):
+            return
+        if start:
+            messages = messages[start:]
+        if part is None:
+            part = self._buffer[tp] = PartitionBatch(self._base[tp], messages[0].offset)
+            self._counts[tp] = 0
+            if self._oldest is None:
+                self._oldest = time.monotonic()
+        job = self.decoders.submit(writer.table_def, [m.value for m in messages])
+        part.decoding.append((job, messages))
+        part.next_offset = self._next[tp] = messages[-1].offset + 1
+        metrics.RECORDS_READ.labels(tp.topic).inc(len(messages))
+        self._counts[tp] += len(messages)
+        self._buffered += len(messages)
+        metrics.BUFFERED.set(self._buffered)
+
+    async def _resolve(self, tp: TopicPartition, part: PartitionBatch) -> None:
+        """Turn a partition's decoder jobs into its rows and batches, in offset order.
+
+        A record that goes the general way and stops the sink (:class:`SinkError`)
+        cuts the partition in front of it: its rows before it stay, for the commit
+        that precedes the stop, and everything after it goes.
+        """
+        writer = self.writers[tp.topic]
+        jobs, part.decoding = part.decoding, []
+        for job, messages in jobs:
+            decoded: Decoded = await job
+            if decoded.tombstones:
+                metrics.ROWS_SKIPPED.labels(writer.identifier, "tombstone").inc(
+                    len(decoded.tombstones)
+                )
+            for i, reason, mapping in decoded.unlandable:
+                error = MappingError(reason) if mapping else CodecError(reason)
+                self._unlandable(writer, tp, messages[i], error)
+            for i in decoded.general:
+                try:
+                    row = self._row(writer, tp, messages[i])
+                except SinkError:
+                    before = i - sum(1 for s in decoded.skipped() if s < i)
+                    part.batches.append(decoded.rows.slice(0, before))
+                    part.next_offset = messages[i].offset
+                    raise
+                if row is not None:
+                    part.rows.append(row)
+            part.batches.append(decoded.rows)
 
     def _check_same_log(self, tp: TopicPartition) -> None:
         """Raise :class:`TopicRestarted` when the fetched log ends below the table's offset.
@@ -306,6 +375,12 @@ class Sink:
         by_topic: dict[str, dict[int, PartitionBatch]] = defaultdict(dict)
         for tp, part in taken.items():
             by_topic[tp.topic][tp.partition] = part
+        stop: SinkError | None = None
+        for tp, part in taken.items():
+            try:
+                await self._resolve(tp, part)
+            except SinkError as exc:  # the partition ends in front of the record
+                stop = stop or exc
         landed: dict[TopicPartition, int] = {}
         failed: list[TopicPartition] = []
         # The tables are independent: their commits run side by side, so one's
@@ -344,6 +419,8 @@ class Sink:
                 newer = self._buffer.get(tp)
                 if newer is not None:
                     part.rows += newer.rows
+                    part.batches += newer.batches
+                    part.decoding += newer.decoding
                     part.next_offset = newer.next_offset
                     count += self._counts[tp]
                 self._buffer[tp] = part
@@ -357,6 +434,8 @@ class Sink:
             except KafkaError as exc:
                 log.debug("group offset commit skipped: %s", exc)
         self.update_lag(force=True)
+        if stop is not None:
+            raise stop
         return not failed
 
     async def _commit(
@@ -447,6 +526,9 @@ class Sink:
         if consumer is None:
             return
         self.consumer = consumer
+        if self.config.decoders > 0:
+            self.decoders = DecoderPool(self.config.decoders)
+            await self.decoders.start()
         consumer.subscribe(topics=sorted(self.writers), listener=_Rebalance(self))
         try:
             while not self._stop.is_set():
@@ -457,6 +539,8 @@ class Sink:
                 log.error("stopping with %d record(s) not landed; they are read again", waiting)
         finally:
             await consumer.stop()
+            if self.decoders is not None:
+                self.decoders.close()
 
     async def _step(self) -> None:
         assert self.consumer is not None

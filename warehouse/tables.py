@@ -201,21 +201,15 @@ def arrow_rows(table: Table, values: list[dict[str, Any]]) -> pa.Table:
     )
 
 
-def arrow_table(table: Table, table_def: TableDef, values: list[rows.Row]) -> pa.Table:
-    """:data:`rows.Row` tuples in the table's own Arrow schema, built a column at a time
-    (columns the table has and the record has not are null)."""
+def arrow_table(table: Table, batch: pa.Table) -> pa.Table:
+    """Rows in ``row_batches.layout`` as the table's own Arrow schema (columns the table
+    has and the record has not are null; a column the table widened is cast)."""
     schema = table.schema().as_arrow()
-    names = [c.name for c in rows.columns(table_def)]
-    columns = list(zip(*values, strict=True)) if values else [() for _ in names]
-    by_name = dict(zip(names, columns, strict=True))
     arrays = []
     for field in schema:
-        column = by_name.get(field.name)
-        if column is None:
-            arrays.append(pa.nulls(len(values), field.type))
-        elif pa.types.is_timestamp(field.type):
-            micros = pa.array(column, pa.int64())
-            arrays.append(micros.cast(field.type))
-        else:
-            arrays.append(pa.array(column, field.type))
+        if field.name not in batch.column_names:
+            arrays.append(pa.nulls(batch.num_rows, field.type))
+            continue
+        column = batch.column(field.name)
+        arrays.append(column if column.type == field.type else column.cast(field.type))
     return pa.Table.from_arrays(arrays, schema=schema)

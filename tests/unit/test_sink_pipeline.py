@@ -10,12 +10,15 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pytest
 from aiokafka.structs import ConsumerRecord, TopicPartition
 from hookline.core import topics
 from hookline.schemas import codec
 from hookline.warehouse import tables
 from hookline.warehouse.commit import CommitResult, PartitionBatch
-from hookline.warehouse.sink import Sink, SinkConfig
+from hookline.warehouse.decoder import DecoderPool
+from hookline.warehouse.sink import Sink, SinkConfig, SinkError
 from hookline.warehouse.tables import WarehouseError
 
 TP = TopicPartition(topics.orders_state("production"), 0)
@@ -115,3 +118,73 @@ def test_a_corrupt_record_of_todays_schema_is_skipped_not_landed(tmp_path: Path)
     part = landing._buffer[TP]  # noqa: SLF001
     assert [r[0] for r in part.rows] == ["o10"]
     assert (part.next_offset, landing._buffered) == (13, 3)  # noqa: SLF001 (read past, not landed)
+
+
+# -- with a decoder process (warehouse.decoder), as `hookline sink` runs by default ---------
+
+
+async def test_decoded_records_read_during_a_failed_commit_queue_behind_its_batch(
+    tmp_path: Path,
+) -> None:
+    release, seen = threading.Event(), []
+
+    def failing(parts: dict[int, PartitionBatch]) -> CommitResult:
+        seen.append(
+            {
+                p: (b.base, b.next_offset, sum(x.num_rows for x in b.batches))
+                for p, b in parts.items()
+            }
+        )
+        release.wait(10)
+        raise WarehouseError("catalog down")
+
+    landing = sink(tmp_path, failing)
+    landing.decoders = DecoderPool(1)
+    try:
+        await landing.decoders.start()
+        landing.take(TP, records(10, 3))
+        flushing = asyncio.ensure_future(landing.flush())
+        await asyncio.sleep(0.5)
+        landing.take(TP, records(13, 2))  # read while the batch is being committed
+        release.set()
+        assert not await flushing
+        part = landing._buffer[TP]  # noqa: SLF001
+        assert (part.base, part.next_offset, landing._buffered) == (10, 15, 5)  # noqa: SLF001
+        await landing._resolve(TP, part)  # noqa: SLF001
+        landed = pa.concat_tables(
+            [
+                pa.Table.from_batches([b]) if isinstance(b, pa.RecordBatch) else b
+                for b in part.batches
+            ]
+        )
+        assert landed.column("order_id").to_pylist() == ["o10", "o11", "o12", "o13", "o14"]
+        assert seen == [{0: (10, 13, 3)}]
+    finally:
+        landing.decoders.close()
+
+
+async def test_a_record_of_an_unknown_schema_stops_the_sink_after_what_precedes_it(
+    tmp_path: Path,
+) -> None:
+    seen = []
+
+    def landing_commit(parts: dict[int, PartitionBatch]) -> CommitResult:
+        seen.append(
+            {p: (b.next_offset, sum(x.num_rows for x in b.batches)) for p, b in parts.items()}
+        )
+        return CommitResult(committed={p: b.next_offset for p, b in parts.items()})
+
+    landing = sink(tmp_path, landing_commit)
+    landing.decoders = DecoderPool(1)
+    try:
+        await landing.decoders.start()
+        before, after = records(10, 3), records(14, 1)
+        unknown = b"\xc3\x01" + b"\x00" * 8 + b"\x02"  # a fingerprint no schema here has
+        stranger = dataclasses.replace(after[0], offset=13, value=unknown)
+        landing.take(TP, [*before, stranger, *after])
+        with pytest.raises(SinkError, match="offset 13 cannot be landed"):
+            await landing.flush()
+        assert seen == [{0: (13, 3)}]  # o10-o12 land, the stop is in front of offset 13
+        assert landing.consumer.committed == [{TP: 13}]  # type: ignore[union-attr]
+    finally:
+        landing.decoders.close()
