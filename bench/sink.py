@@ -320,6 +320,21 @@ def preload(warehouse: Path, orders: int) -> dict[str, float]:
     return {"preload_s": loaded, "index_build_s": time.perf_counter() - started}
 
 
+def sink_cpu_seconds(pid: int | None) -> float:
+    """CPU seconds of the sink and of its child processes (its ``--decoders``) so far."""
+    if pid is None:
+        return float("nan")
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            children.append(int(stat.parent.name))
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in children)
+
+
 def run_sink(
     bootstrap: str,
     batch_rows: int,
@@ -358,7 +373,7 @@ def run_sink(
                 time.sleep(0.05)
             started, started_at = time.perf_counter(), time.time()
             pid = sink.process.pid if sink.process else None
-            startup_cpu, machine = cpu_seconds(pid), cpu_times()
+            startup_cpu, machine = sink_cpu_seconds(pid), cpu_times()
             done = 0
             while done < expected:
                 if time.monotonic() > deadline:
@@ -367,7 +382,7 @@ def run_sink(
                 done = landed(warehouse)
                 say(f"  sink (batch {batch_rows}): {done}/{expected} landed")
             seconds = time.perf_counter() - started
-            cpu = cpu_seconds(pid)
+            cpu = sink_cpu_seconds(pid)
             steal = steal_share(machine, cpu_times())
             commits = sink.log().count(" row(s)")
             first = first_commit_at(warehouse)
