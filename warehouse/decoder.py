@@ -24,6 +24,9 @@ import asyncio
 import concurrent.futures
 import gc
 import multiprocessing
+import os
+import threading
+import time
 from dataclasses import dataclass, field
 from functools import cache
 
@@ -96,7 +99,28 @@ def decode(name: str, values: list[bytes | None]) -> Decoded:
     return out
 
 
-def _start_worker() -> None:
+#: How often a decoder process checks that the sink that started it still runs.
+PARENT_CHECK_S = 0.5
+
+
+def _exit_with(parent: int) -> None:
+    """End this process once ``parent`` is gone (it was killed -9, say).
+
+    A process pool's workers wait on a queue they hold both ends of, so
+    they never see the sink go: without this they would live on, each
+    holding its memory, after every sink that was killed.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _start_worker(parent: int) -> None:
+    _exit_with(parent)
     # As in the sink's process (warehouse.command): a job's tuples hold no
     # reference cycle, and the default thresholds walk them again and again.
     gc.freeze()
@@ -118,6 +142,7 @@ class DecoderPool:
             max_workers=processes,
             mp_context=multiprocessing.get_context("spawn"),
             initializer=_start_worker,
+            initargs=(os.getpid(),),
         )
 
     async def start(self) -> None:

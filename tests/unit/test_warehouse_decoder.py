@@ -3,6 +3,10 @@ tombstone, an unlandable record or one for the general way; rows.latest_rows in 
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -77,3 +81,45 @@ async def test_a_pool_decodes_in_another_process() -> None:
     assert out.rows.column("version").to_pylist() == [2]
     assert out.tombstones == [1]
     assert isinstance(out.rows, pa.Table)
+
+
+OWNER = """
+import asyncio, multiprocessing, sys
+from hookline.warehouse.decoder import DecoderPool
+
+async def main() -> None:
+    pool = DecoderPool(2)
+    await pool.start()
+    print(" ".join(str(p.pid) for p in multiprocessing.active_children()), flush=True)
+    await asyncio.sleep(120)
+
+asyncio.run(main())
+"""
+
+
+def test_decoder_processes_end_when_the_sink_is_killed() -> None:
+    """A sink killed -9 leaves no decoder behind (each held its memory for ever)."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        pids = [int(pid) for pid in owner.stdout.readline().split()]
+        assert len(pids) == 2
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        deadline = time.monotonic() + 10
+        alive = pids
+        while alive and time.monotonic() < deadline:
+            time.sleep(0.1)
+            alive = [pid for pid in alive if _running(pid)]
+        assert alive == [], f"decoder processes {alive} outlived their sink"
+    finally:
+        owner.kill()
+
+
+def _running(pid: int) -> bool:
+    """Alive, not a zombie waiting for its (new) parent to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
