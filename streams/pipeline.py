@@ -65,7 +65,7 @@ from hookline.streams.normalize import (
 )
 from hookline.streams.order_state import OrderResult, apply_event, apply_update, retire
 from hookline.streams.redelivery import MAX_OUTBOX, stamped, unpublished
-from hookline.streams.routing import routes
+from hookline.streams.routing import known_member, routes
 from hookline.streams.take import batches, drop_unacked
 from hookline.streams.unreadable import HeldPartitions
 
@@ -441,11 +441,11 @@ class EnvironmentPipeline:
                     letters.append(result.record)
                     continue
                 try:
-                    self._read_orders(orders, event, result.events)
+                    claims = self._read_orders(orders, event, result.events)
                 except codec.UnknownSchema as exc:
                     held.hold(event, exc, "table record")
                     continue
-                for reason in self._route(batch, event, result, counted, orders):
+                for reason in self._route(batch, event, result, counted, orders, claims):
                     letter = dead_letter(envelope, "orders", reason, event.key or b"", position)
                     batch.send(self.deadletter, letter.key, letter.value)
                     letters.append(letter.record)
@@ -496,12 +496,28 @@ class EnvironmentPipeline:
                     keys.append(key)
         return keys
 
-    def _read_orders(self, orders: OrderBatch, event: EventT, events: list[dict[str, Any]]) -> None:
+    def _read_orders(
+        self, orders: OrderBatch, event: EventT, events: list[dict[str, Any]]
+    ) -> dict[str, dict[str, tuple[int, str]]]:
         """Read the delivery's local orders before routing any of it: a table record
         this release cannot read (``codec.UnknownSchema``) then holds the partition
-        before any of the delivery was sent (streams/unreadable.py)."""
+        before any of the delivery was sent (streams/unreadable.py).
+
+        Returns each local order's claims as they stand before the delivery
+        (order id to transaction id to claimed stamp), for ``known_member``.
+        """
+        claims: dict[str, dict[str, tuple[int, str]]] = {}
         for key in self._local_orders(event, events):
-            orders.batch.get(event, key)
+            record = orders.batch.get(event, key)
+            if record is not None and record["claims"]:
+                claims[key.decode()] = {
+                    claim["transaction_id"]: (
+                        claim["claimed_received_at"],
+                        claim["claimed_event_id"],
+                    )
+                    for claim in record["claims"]
+                }
+        return claims
 
     def _route(
         self,
@@ -510,6 +526,7 @@ class EnvironmentPipeline:
         delivery: Delivery,
         counted: dict[tuple[str, str], int],
         orders: OrderBatch,
+        claims: Mapping[str, Mapping[str, tuple[int, str]]],
     ) -> list[str]:
         """Send a delivery's events where they go; count them by (source, type) in ``counted``.
 
@@ -518,14 +535,24 @@ class EnvironmentPipeline:
         reasons of those that could not be applied are returned, to be
         dead-lettered (each fact is applied or dead-lettered on its own).
         Counted per batch, not per event: a labelled metric's lookup per event
-        cost more than the rest of the routing.
+        cost more than the rest of the routing. A membership its transaction
+        already has (``claims``: :meth:`_read_orders`) is not sent again
+        (docs/design.md, "Memberships sent once").
         """
         topics_by_name = self._destinations
         partition = event.message.partition
         encoded = delivery.encoded
         sent: set[str] = set()
         failed: list[str] = []
+        retention = self.config.join_retention_ms
         for destination, key, canonical in routes(delivery.events):
+            if (
+                destination == "transaction_facts"
+                and canonical["entity_type"] != "transaction"
+                and canonical["order_id"] in claims
+                and known_member(claims[canonical["order_id"]], canonical, retention)
+            ):
+                continue
             key_bytes = key.encode()
             if (
                 destination == "order_inputs"
