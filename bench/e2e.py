@@ -27,7 +27,9 @@ latency grows with the rate.
 ``--json``: the common fields (bench/README.md; ``records_per_s`` is the
 posted rate, ``baseline_records_per_s`` the closed-loop maximum, ``ratio``
 their quotient) plus ``p50_ms``, ``p99_ms``, ``max_ms``, ``states``,
-``exact``.
+``exact``, and ``cores``: each process's cores over the posting (worker,
+gateway, broker, this bench), since on two shared cores a latency
+percentile is first a question of who had the CPU.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import argparse
 import asyncio
 import json
+import math
+import os
 import tempfile
 import time
 import uuid
@@ -262,7 +266,7 @@ def latencies(
 
 
 async def measure(
-    args: argparse.Namespace, bootstrap: str, port: int, worker_pid: int | None
+    args: argparse.Namespace, bootstrap: str, port: int, pids: dict[str, int | None]
 ) -> dict[str, Any]:
     secrets = dev_secrets()
     tag = uuid.uuid4().hex[:8]
@@ -280,12 +284,15 @@ async def measure(
         reader.records.clear()
     reader.records.clear()
     requests = [request_bytes(d, port, secrets) for d in measured]
+    worker_pid = pids["worker"]
     machine, cpu = cpu_times(), cpu_seconds(worker_pid)
+    busy = {name: cpu_seconds(pid) for name, pid in pids.items()}
     load_start = load_average()
     posting = asyncio.create_task(open_loop(port, measured, requests, rate, args.concurrency))
     while not posting.done():
         await reader.read(0.5)
     answered, late, seconds = await posting
+    cores = {name: (cpu_seconds(pid) - busy[name]) / seconds for name, pid in pids.items()}
     deadline = time.perf_counter() + args.timeout
     while True:
         await reader.read(1.0)
@@ -304,6 +311,7 @@ async def measure(
         "orders": len(expected),
         "stories": dict(stories),
         "worker_cpu": cpu_seconds(worker_pid) - cpu,
+        "cores": cores,
         "steal": steal_share(machine, cpu_times()),
         "load_start": load_start,
     }
@@ -355,8 +363,13 @@ def main() -> int:
                 worker.wait_ready(120, url=f"http://127.0.0.1:{worker_port}/readyz")
                 gateway.wait_ready(60, url=f"http://127.0.0.1:{port}/readyz")
                 say("worker and gateway ready")
-                pid = worker.process.pid if worker.process else None
-                result = asyncio.run(measure(args, bootstrap, port, pid))
+                pids = {
+                    "worker": worker.process.pid if worker.process else None,
+                    "gateway": gateway.process.pid if gateway.process else None,
+                    "broker": broker.pid,
+                    "bench": os.getpid(),
+                }
+                result = asyncio.run(measure(args, bootstrap, port, pids))
     load_after = load_average()
     found = result["latencies"]
     p50, p99 = percentile(found, 0.5), percentile(found, 0.99)
@@ -382,6 +395,10 @@ def main() -> int:
         "exact": not result["wrong"],
         "not_exact": len(result["wrong"]),
         "steal_share": round(result["steal"], 4),
+        "cores": {
+            name: None if math.isnan(used) else round(used, 2)
+            for name, used in result["cores"].items()
+        },
         "load_average": [round(load_before, 2), round(load_after, 2)],
     }
     if args.json:
