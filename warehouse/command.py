@@ -111,7 +111,7 @@ def add_parser(sub: Any, epilog: str) -> None:
         default=None,
         metavar="N",
         help="processes that decode records into rows beside the sink's own (default 2; "
-        "0: the sink decodes them itself)",
+        "0: the sink decodes them itself; at most 64)",
     )
     parser.add_argument(
         "--group",
@@ -175,12 +175,18 @@ def cmd_sink(args: argparse.Namespace) -> int:
         decoders = (
             args.decoders
             if args.decoders is not None
-            else _int(os.environ, "HOOKLINE_SINK_DECODERS", sink.DEFAULT_DECODERS, minimum=0)
+            else _int(
+                os.environ,
+                "HOOKLINE_SINK_DECODERS",
+                sink.DEFAULT_DECODERS,
+                minimum=0,
+                maximum=sink.MAX_DECODERS,
+            )
         )
     except SettingsError as exc:
         raise _fail(str(exc)) from None
-    if decoders < 0:
-        args.parser.error("--decoders must be 0 or more")
+    if not 0 <= decoders <= sink.MAX_DECODERS:
+        args.parser.error(f"--decoders must be between 0 and {sink.MAX_DECODERS}")
     if batch_rows < 1 or interval <= 0:  # a usage error: exit 2, as argparse's own
         args.parser.error("--batch-rows and --commit-interval must be positive")
     if args.expire_after_hours <= 0 or args.compact_min_files < 2:

@@ -50,6 +50,8 @@ DEFAULT_BATCH_ROWS = 50_000
 DEFAULT_COMMIT_INTERVAL_S = 60.0
 DEFAULT_GROUP = "hookline-sink"
 DEFAULT_DECODERS = 2
+#: More decoder processes than this is a typo, not a machine (each loads pyarrow).
+MAX_DECODERS = 64
 
 
 class SinkError(RuntimeError):

@@ -29,6 +29,8 @@ def hookline(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
         ("--commit-interval", "-1"),
         ("--maintain", "--compact-min-files", "1"),
         ("--maintain", "--expire-after-hours", "0"),
+        ("--decoders", "-1"),
+        ("--decoders", "65"),
     ],
 )
 def test_a_bad_number_is_a_usage_error(tmp_path: Path, args: tuple[str, ...]) -> None:
